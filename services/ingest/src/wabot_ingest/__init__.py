@@ -1,0 +1,1 @@
+"""Ingest service: Evolution API webhooks in, Redis stream entries out."""

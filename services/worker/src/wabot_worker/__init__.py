@@ -1,0 +1,1 @@
+"""Worker service: Redis stream entries in, PostgreSQL rows out."""

@@ -1,0 +1,116 @@
+"""The worker's tracer and instruments (names from :mod:`wabot_shared.names`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.semconv._incubating.attributes import messaging_attributes as msg
+from opentelemetry.semconv.attributes import error_attributes
+
+from wabot_shared import names
+from wabot_shared.queue import QueueStats
+
+
+class WorkerTelemetry:
+    """Tracer, counters, histograms and queue gauges of one worker process."""
+
+    def __init__(self, stream: str, group: str, consumer: str, version: str) -> None:
+        self.tracer = trace.get_tracer("wabot.worker", version)
+        self.process_span_name = names.process_span_name(stream)
+        self.base_attributes = {
+            msg.MESSAGING_SYSTEM: names.MESSAGING_SYSTEM,
+            msg.MESSAGING_DESTINATION_NAME: stream,
+            msg.MESSAGING_CONSUMER_GROUP_NAME: group,
+            msg.MESSAGING_OPERATION_NAME: names.OP_PROCESS,
+        }
+        self.span_attributes = {
+            **self.base_attributes,
+            msg.MESSAGING_OPERATION_TYPE: msg.MessagingOperationTypeValues.PROCESS.value,
+            msg.MESSAGING_CLIENT_ID: consumer,
+        }
+        meter = metrics.get_meter("wabot.worker", version)
+        self._consumed = meter.create_counter(
+            names.METRIC_CONSUMED, unit="{message}", description="Messages delivered to the worker"
+        )
+        self._duration = meter.create_histogram(
+            names.METRIC_PROCESS_DURATION,
+            unit="s",
+            description="Time to process one message",
+            explicit_bucket_boundaries_advisory=list(names.DURATION_BUCKETS),
+        )
+        self._outcomes = meter.create_counter(
+            names.METRIC_OUTCOMES, unit="{message}", description="Processing outcomes"
+        )
+        self._e2e = meter.create_histogram(
+            names.METRIC_END_TO_END,
+            unit="s",
+            description="Webhook accepted (XADD) to row committed",
+            explicit_bucket_boundaries_advisory=list(names.DURATION_BUCKETS),
+        )
+        self._resolutions = meter.create_counter(
+            names.METRIC_RESOLUTIONS, unit="{message}", description="Instance resolution source"
+        )
+        self._replies = meter.create_counter(
+            names.METRIC_REPLIES, unit="{message}", description="Automatic replies by outcome"
+        )
+        self.queue_stats: QueueStats | None = None
+        self.heartbeat: float = time.time()
+        for name, field, description in (
+            (names.METRIC_QUEUE_LENGTH, "length", "Entries in the stream (XLEN)"),
+            (names.METRIC_QUEUE_PENDING, "pending", "Entries delivered but not acknowledged"),
+            (names.METRIC_QUEUE_LAG, "lag", "Entries not yet delivered to the group"),
+            (names.METRIC_DEAD_LETTER_LENGTH, "dead_letters", "Entries in the dead-letter stream"),
+        ):
+            meter.create_observable_gauge(
+                name,
+                callbacks=[self._queue_callback(field)],
+                unit="{message}",
+                description=description,
+            )
+        meter.create_observable_gauge(
+            names.METRIC_HEARTBEAT,
+            callbacks=[self._heartbeat_callback],
+            unit="s",
+            description="Unix time of the consumer loop's last iteration",
+        )
+
+    def _queue_callback(self, field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        # Reads the last sample; the I/O happens in the worker's own loop, not
+        # in the metric reader's thread.
+        def callback(_: CallbackOptions) -> Iterable[Observation]:
+            stats = self.queue_stats
+            if stats is None:
+                return []
+            return [Observation(getattr(stats, field), self.base_attributes)]
+
+        return callback
+
+    def _heartbeat_callback(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self.heartbeat)]
+
+    def consumed(self, count: int) -> None:
+        self._consumed.add(count, self.base_attributes)
+
+    def processed(self, outcome: str, seconds: float, error_type: str | None = None) -> None:
+        """Record one message's outcome and processing time."""
+        attrs = dict(self.base_attributes)
+        if error_type:
+            attrs[error_attributes.ERROR_TYPE] = error_type
+        self._duration.record(seconds, attrs)
+        outcome_attrs: dict[str, str] = {names.ATTR_OUTCOME: outcome}
+        if error_type:
+            outcome_attrs[error_attributes.ERROR_TYPE] = error_type
+        self._outcomes.add(1, outcome_attrs)
+
+    def end_to_end(self, seconds: float) -> None:
+        """Record accepted → committed latency (inside the process span: exemplar)."""
+        self._e2e.record(max(seconds, 0.0))
+
+    def resolved(self, source: str) -> None:
+        self._resolutions.add(1, {names.ATTR_RESOLUTION: source})
+
+    def replied(self, outcome: str) -> None:
+        self._replies.add(1, {names.ATTR_OUTCOME: outcome})

@@ -1,0 +1,1 @@
+"""Shared library for the ingest and worker services."""

@@ -1,0 +1,48 @@
+"""PostgreSQL connection pool with DB-client spans on every statement."""
+
+from __future__ import annotations
+
+import logging
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger(__name__)
+
+
+async def _instrument(conn: AsyncConnection[TupleRow]) -> None:
+    # Per-connection instrumentation: only statements made through our pool get
+    # spans, with the SQL text (parameters are never recorded).
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+    PsycopgInstrumentor.instrument_connection(conn)
+
+
+async def open_pool(
+    url: str, *, max_size: int, name: str, traced: bool = True
+) -> AsyncConnectionPool[AsyncConnection[TupleRow]]:
+    """Open an autocommit pool without waiting for the database.
+
+    Connections are made in the background, so a service starts (and reports
+    not ready) while PostgreSQL is still down instead of crash-looping.
+    """
+    pool: AsyncConnectionPool[AsyncConnection[TupleRow]] = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        name=name,
+        open=False,
+        kwargs={"autocommit": True, "application_name": name, "connect_timeout": 5},
+        configure=_instrument if traced else None,
+        reconnect_timeout=float("inf"),
+        timeout=10.0,
+    )
+    await pool.open(wait=False)
+    return pool
+
+
+async def ping(pool: AsyncConnectionPool[AsyncConnection[TupleRow]], timeout: float) -> None:
+    """Run ``SELECT 1`` on a pooled connection; raises on failure."""
+    async with pool.connection(timeout=timeout) as conn:
+        await conn.execute("SELECT 1")

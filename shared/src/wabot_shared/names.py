@@ -1,0 +1,87 @@
+"""Names that more than one module (or service, or ops file) relies on, defined once.
+
+Metric and span names follow the OpenTelemetry semantic conventions where one
+exists (messaging, HTTP, DB); project-specific instruments live under the
+``whatsapp.`` prefix. The collector's Prometheus exporter turns dots into
+underscores and adds unit and ``_total`` suffixes, so alert rules and dashboards
+refer to the translated names (see ``prometheus/`` and ``grafana/``).
+"""
+
+from typing import Final
+
+# --- queue ---------------------------------------------------------------
+DEFAULT_STREAM: Final = "whatsapp:inbound"
+DEFAULT_GROUP: Final = "workers"
+DEAD_LETTER_SUFFIX: Final = ":dead"
+# A stream entry's fields. Trace context fields are the W3C header names and
+# are written by the propagator itself, never by hand.
+FIELD_PAYLOAD: Final = "payload"
+FIELD_EVENT: Final = "event"
+FIELD_INSTANCE: Final = "instance"
+FIELD_MESSAGE_ID: Final = "message_id"
+FIELD_ERROR_TYPE: Final = "error_type"
+FIELD_DELIVERIES: Final = "deliveries"
+FIELD_ORIGINAL_ID: Final = "original_id"
+
+MESSAGING_SYSTEM: Final = "redis"
+OP_SEND: Final = "send"
+OP_PROCESS: Final = "process"
+
+EVENT_MESSAGES_UPSERT: Final = "messages.upsert"
+
+
+def send_span_name(stream: str) -> str:
+    """Messaging semconv span name: ``{operation} {destination}``."""
+    return f"{OP_SEND} {stream}"
+
+
+def process_span_name(stream: str) -> str:
+    """Messaging semconv span name: ``{operation} {destination}``."""
+    return f"{OP_PROCESS} {stream}"
+
+
+# --- metrics -------------------------------------------------------------
+METRIC_SENT: Final = "messaging.client.sent.messages"
+METRIC_CONSUMED: Final = "messaging.client.consumed.messages"
+METRIC_PROCESS_DURATION: Final = "messaging.process.duration"
+METRIC_WEBHOOK_EVENTS: Final = "whatsapp.webhook.events"
+METRIC_OUTCOMES: Final = "whatsapp.message.outcomes"
+METRIC_END_TO_END: Final = "whatsapp.message.end_to_end.duration"
+METRIC_QUEUE_LENGTH: Final = "whatsapp.queue.length"
+METRIC_QUEUE_PENDING: Final = "whatsapp.queue.pending"
+METRIC_QUEUE_LAG: Final = "whatsapp.queue.lag"
+METRIC_DEAD_LETTER_LENGTH: Final = "whatsapp.queue.dead_letter.length"
+METRIC_RESOLUTIONS: Final = "whatsapp.instance.resolutions"
+METRIC_HEARTBEAT: Final = "whatsapp.worker.heartbeat"
+METRIC_REPLIES: Final = "whatsapp.reply.sent"
+
+# --- attributes (project-specific; semconv ones come from opentelemetry.semconv)
+ATTR_EVENT: Final = "whatsapp.event"
+ATTR_OUTCOME: Final = "whatsapp.outcome"
+ATTR_RESOLUTION: Final = "whatsapp.resolution"
+ATTR_INSTANCE: Final = "whatsapp.instance.name"
+ATTR_MESSAGE_TYPE: Final = "whatsapp.message.type"
+ATTR_FROM_ME: Final = "whatsapp.message.from_me"
+ATTR_CHAT_KIND: Final = "whatsapp.chat.kind"
+
+# Seconds; covers sub-millisecond inserts up to multi-second outages.
+DURATION_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    30.0,
+    60.0,
+)
