@@ -3,6 +3,7 @@ Evolution API stub; per-test databases and streams so tests never share state.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -18,8 +19,8 @@ import pytest
 from tests.support.evolution import EvolutionStub
 from tests.support.otlp import OtlpSink
 from tests.support.procs import (
-    REPO,
     BIN,
+    REPO,
     PostgresServer,
     RedisServer,
     Service,
@@ -29,7 +30,9 @@ from tests.support.procs import (
     wait_for,
 )
 
-SAMPLES_DIR = Path(os.environ.get("WABOT_SAMPLES_DIR", REPO.parent / "shared" / "evolution-webhooks"))
+SAMPLES_DIR = Path(
+    os.environ.get("WABOT_SAMPLES_DIR", REPO.parent / "shared" / "evolution-webhooks")
+)
 WEBHOOK_SECRET = "test-" + secrets.token_hex(16)
 TEMPLATE_DB = "wabot_template"
 
@@ -74,8 +77,9 @@ def run_migrate(dsn: str, **env: str) -> Any:
 
     full = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     full.update({"DATABASE_URL": dsn, "MIGRATIONS_DIR": str(REPO / "migrations"), **env})
-    return subprocess.run([str(BIN / "migrate")], env=full, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [str(BIN / "migrate")], env=full, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -157,34 +161,77 @@ class Stack:
 
     def start_ingest(self, **env: str) -> Service:
         self.ingest_port = free_port()
-        svc = Service("ingest", {**self.env, "INGEST_HOST": "127.0.0.1",
-                                 "INGEST_PORT": str(self.ingest_port), **env},
-                      self.tmp / f"ingest-{len(self.services)}.log").start()
+        svc = Service(
+            "ingest",
+            {**self.env, "INGEST_HOST": "127.0.0.1", "INGEST_PORT": str(self.ingest_port), **env},
+            self.tmp / f"ingest-{len(self.services)}.log",
+        ).start()
         self.services.append(svc)
-        wait_for(lambda: http_get(self.url("/ready"))[0] == 200 or not svc.alive(),
-                 timeout=30, what="ingest /ready")
+        wait_for(
+            lambda: http_get(self.url("/ready"))[0] == 200 or not svc.alive(),
+            timeout=30,
+            what="ingest /ready",
+        )
         assert svc.alive(), "ingest exited at start-up:\n" + "\n".join(svc.log_lines()[-20:])
         return svc
 
     def start_worker(self, name: str | None = None, **env: str) -> Service:
         port = free_port()
-        svc = Service("worker", {**self.env, "WORKER_HEALTH_HOST": "127.0.0.1",
-                                 "WORKER_HEALTH_PORT": str(port),
-                                 "WORKER_CONSUMER_NAME": name or f"w-{uuid.uuid4().hex[:6]}",
-                                 **env},
-                      self.tmp / f"worker-{len(self.services)}.log").start()
+        svc = Service(
+            "worker",
+            {
+                **self.env,
+                "WORKER_HEALTH_HOST": "127.0.0.1",
+                "WORKER_HEALTH_PORT": str(port),
+                "WORKER_CONSUMER_NAME": name or f"w-{uuid.uuid4().hex[:6]}",
+                **env,
+            },
+            self.tmp / f"worker-{len(self.services)}.log",
+        ).start()
         svc.health_url = f"http://127.0.0.1:{port}/health"  # type: ignore[attr-defined]
         self.services.append(svc)
-        wait_for(lambda: http_get(svc.health_url)[0] in (200, 503) or not svc.alive(),  # type: ignore[attr-defined]
-                 timeout=30, what="worker health endpoint")
+        wait_for(
+            lambda: http_get(svc.health_url)[0] in (200, 503) or not svc.alive(),  # type: ignore[attr-defined]
+            timeout=30,
+            what="worker health endpoint",
+        )
         return svc
+
+    def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            cur = conn.execute(query, params)  # type: ignore[arg-type]
+            return list(cur.fetchall()) if cur.description else []
+
+    def register_instance(self, name: str, table: str = "whatsapp_instances") -> str:
+        """Create an organization and register ``name`` in ``table``; returns the org id."""
+        [(org,)] = self.sql("INSERT INTO core.organizations (name) VALUES ('Org') RETURNING id")
+        if table == "whatsapp_instances":
+            self.sql(
+                "INSERT INTO healthcare.whatsapp_instances (instance_name, organization_id) "
+                "VALUES (%s, %s)",
+                (name, org),
+            )
+        else:
+            self.sql(
+                "INSERT INTO healthcare.integrations (organization_id, type, config) "
+                "VALUES (%s, 'whatsapp', jsonb_build_object('instance_name', %s::text))",
+                (org, name),
+            )
+        return str(org)
 
     def url(self, path: str) -> str:
         assert self.ingest_port is not None
         return f"http://127.0.0.1:{self.ingest_port}{path}"
 
-    def post(self, body: Any, *, path: str = "/webhooks/evolution", headers: dict[str, str] | None = None,
-             auth: bool = True, raw: bytes | None = None) -> httpx.Response:
+    def post(
+        self,
+        body: Any,
+        *,
+        path: str = "/webhooks/evolution",
+        headers: dict[str, str] | None = None,
+        auth: bool = True,
+        raw: bytes | None = None,
+    ) -> httpx.Response:
         hdrs = {"content-type": "application/json"}
         if auth:
             hdrs["x-webhook-secret"] = WEBHOOK_SECRET
@@ -196,31 +243,36 @@ class Stack:
         from psycopg.rows import dict_row
 
         with psycopg.connect(self.dsn, row_factory=dict_row) as conn:
-            return list(conn.execute(
-                f"SELECT * FROM healthcare.whatsapp_messages WHERE {where} ORDER BY id",
-                params).fetchall())
+            return list(
+                conn.execute(
+                    f"SELECT * FROM healthcare.whatsapp_messages WHERE {where} ORDER BY id", params
+                ).fetchall()
+            )
 
-    def wait_rows(self, n: int, timeout: float = 20, where: str = "TRUE",
-                  params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        wait_for(lambda: len(self.rows(where, params)) >= n, timeout=timeout,
-                 what=f"{n} row(s) in whatsapp_messages where {where}")
+    def wait_rows(
+        self, n: int, timeout: float = 20, where: str = "TRUE", params: tuple[Any, ...] = ()
+    ) -> list[dict[str, Any]]:
+        wait_for(
+            lambda: len(self.rows(where, params)) >= n,
+            timeout=timeout,
+            what=f"{n} row(s) in whatsapp_messages where {where}",
+        )
         return self.rows(where, params)
 
     def stop_all(self) -> None:
         for svc in self.services:
             if svc.alive():
-                try:
+                with contextlib.suppress(AssertionError):
                     svc.terminate(timeout=20)
-                except AssertionError:
-                    pass
 
     def all_logs(self) -> list[str]:
         return [line for svc in self.services for line in svc.log_lines()]
 
 
 @pytest.fixture
-def stack(tmp_path: Path, redis_server: RedisServer, db_dsn: str,
-          otlp_sink: OtlpSink) -> Iterator[Stack]:
+def stack(
+    tmp_path: Path, redis_server: RedisServer, db_dsn: str, otlp_sink: OtlpSink
+) -> Iterator[Stack]:
     s = Stack(tmp_path, redis_server, db_dsn, otlp_sink)
     try:
         yield s

@@ -23,11 +23,13 @@ class EvolutionStub:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 with stub.lock:
-                    stub.requests.append({
-                        "path": self.path,
-                        "headers": {k.lower(): v for k, v in self.headers.items()},
-                        "json": json.loads(body or b"null"),
-                    })
+                    stub.requests.append(
+                        {
+                            "path": self.path,
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                            "json": json.loads(body or b"null"),
+                        }
+                    )
                 payload = b'{"key": {"id": "stub"}, "status": "PENDING"}'
                 self.send_response(201)
                 self.send_header("content-type", "application/json")

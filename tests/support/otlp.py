@@ -94,23 +94,29 @@ class OtlpSink:
             resource = attrs(rs.resource.attributes)
             for ss in rs.scope_spans:
                 for s in ss.spans:
-                    out.append({
-                        "service": resource.get("service.name"),
-                        "resource": resource,
-                        "scope": ss.scope.name,
-                        "trace_id": s.trace_id.hex(),
-                        "span_id": s.span_id.hex(),
-                        "parent_span_id": s.parent_span_id.hex(),
-                        "trace_state": s.trace_state,
-                        "name": s.name,
-                        "kind": s.kind,
-                        "attributes": attrs(s.attributes),
-                        "links": [{"trace_id": lk.trace_id.hex(), "span_id": lk.span_id.hex()}
-                                  for lk in s.links],
-                        "status_code": s.status.code,
-                        "events": [{"name": e.name, "attributes": attrs(e.attributes)}
-                                   for e in s.events],
-                    })
+                    out.append(
+                        {
+                            "service": resource.get("service.name"),
+                            "resource": resource,
+                            "scope": ss.scope.name,
+                            "trace_id": s.trace_id.hex(),
+                            "span_id": s.span_id.hex(),
+                            "parent_span_id": s.parent_span_id.hex(),
+                            "trace_state": s.trace_state,
+                            "name": s.name,
+                            "kind": s.kind,
+                            "attributes": attrs(s.attributes),
+                            "links": [
+                                {"trace_id": lk.trace_id.hex(), "span_id": lk.span_id.hex()}
+                                for lk in s.links
+                            ],
+                            "status_code": s.status.code,
+                            "events": [
+                                {"name": e.name, "attributes": attrs(e.attributes)}
+                                for e in s.events
+                            ],
+                        }
+                    )
         with self.lock:
             self.spans.extend(out)
 
@@ -121,14 +127,16 @@ class OtlpSink:
             resource = attrs(rl.resource.attributes)
             for sl in rl.scope_logs:
                 for r in sl.log_records:
-                    out.append({
-                        "service": resource.get("service.name"),
-                        "trace_id": r.trace_id.hex(),
-                        "span_id": r.span_id.hex(),
-                        "severity": r.severity_text,
-                        "body": any_value(r.body),
-                        "attributes": attrs(r.attributes),
-                    })
+                    out.append(
+                        {
+                            "service": resource.get("service.name"),
+                            "trace_id": r.trace_id.hex(),
+                            "span_id": r.span_id.hex(),
+                            "severity": r.severity_text,
+                            "body": any_value(r.body),
+                            "attributes": attrs(r.attributes),
+                        }
+                    )
         with self.lock:
             self.logs.extend(out)
 
@@ -174,8 +182,11 @@ class OtlpSink:
 
     def metric_points(self, name: str, service: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
-            return [p for p in self.metrics
-                    if p["name"] == name and (service is None or p["service"] == service)]
+            return [
+                p
+                for p in self.metrics
+                if p["name"] == name and (service is None or p["service"] == service)
+            ]
 
 
 def kv(key: str, value: str) -> KeyValue:

@@ -31,9 +31,7 @@ PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=Tr
 T = TypeVar("T")
 
 
-def wait_for(
-    predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05
-) -> T:
+def wait_for(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
@@ -58,7 +56,7 @@ def free_port() -> int:
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -92,10 +90,27 @@ class RedisServer:
             raise AssertionError("redis-server not found: run `make test` (it installs it)")
         log = open(self.dir / "redis.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-             "--protected-mode", "no", "--daemonize", "no"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--protected-mode",
+                "no",
+                "--daemonize",
+                "no",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         wait_for(self.ping, timeout=20, what=f"redis-server on port {self.port}")
 
@@ -133,19 +148,47 @@ class PostgresServer:
             pg = pwd.getpwnam("postgres")
             os.chown(self.dir, pg.pw_uid, pg.pw_gid)
         subprocess.run(
-            [_pg_tool("initdb"), "-D", str(data), "-U", "postgres",
-             "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"],
-            check=True, capture_output=True, **_as_postgres_user(),
+            [
+                _pg_tool("initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            **_as_postgres_user(),
         )
 
     def start(self) -> None:
         log = open(self.dir / "postgres.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [_pg_tool("postgres"), "-D", str(self.dir / "data"),
-             "-p", str(self.port), "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1",
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=300"],
-            stdout=log, stderr=subprocess.STDOUT, **_as_postgres_user(),
+            [
+                _pg_tool("postgres"),
+                "-D",
+                str(self.dir / "data"),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.dir),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=300",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            **_as_postgres_user(),
         )
         wait_for(self.ready, timeout=30, what=f"postgres on port {self.port}")
 
@@ -178,8 +221,11 @@ class Service:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         full_env.update(self.env)
         self.proc = subprocess.Popen(
-            [str(BIN / self.name), *self.args], env=full_env, cwd=REPO,
-            stdout=log, stderr=subprocess.STDOUT,
+            [str(BIN / self.name), *self.args],
+            env=full_env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         return self
 
@@ -195,7 +241,9 @@ class Service:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
-            raise AssertionError(f"{self.name} did not exit within {timeout}s of signal {sig}")
+            raise AssertionError(
+                f"{self.name} did not exit within {timeout}s of signal {sig}"
+            ) from None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -203,7 +251,9 @@ class Service:
             self.proc.wait(timeout=10)
 
     def log_lines(self) -> list[str]:
-        return self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
+        return (
+            self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
+        )
 
     def json_logs(self) -> list[dict[str, Any]]:
         import json

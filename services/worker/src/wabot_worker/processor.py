@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 import httpx
 import psycopg
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as msg
 from opentelemetry.semconv.attributes import error_attributes
@@ -97,13 +98,23 @@ class Processor:
 
     async def process(self, entry: StreamEntry) -> Outcome:
         """Process one entry; never raises (the outcome says what happened)."""
-        tel = self.telemetry
         parent = extract_from_fields(entry.fields)
         producer = trace.get_current_span(parent).get_span_context()
         started = time.perf_counter()
+        # Attach the whole extracted context (not only the parent span) so its
+        # baggage is current too and flows on to outgoing calls.
+        token = otel_context.attach(parent)
+        try:
+            return await self._process_in_span(entry, producer, started)
+        finally:
+            otel_context.detach(token)
+
+    async def _process_in_span(
+        self, entry: StreamEntry, producer: trace.SpanContext, started: float
+    ) -> Outcome:
+        tel = self.telemetry
         with tel.tracer.start_as_current_span(
             tel.process_span_name,
-            context=parent,
             kind=SpanKind.CONSUMER,
             links=[Link(producer)] if producer.is_valid else None,
             attributes={**tel.span_attributes, msg.MESSAGING_MESSAGE_ID: entry.id},

@@ -1,0 +1,30 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+UV := python3 -m uv
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap run test lint typecheck unit bench clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+## run: start Redis, PostgreSQL, migrations, ingest and worker locally (Ctrl-C stops all)
+run: bootstrap
+	@scripts/run-local.sh
+
+## test: install what is missing, then lint, type-check and run every test
+test: bootstrap lint typecheck
+	$(UV) run pytest $(PYTEST_ARGS)
+
+lint:
+	$(UV) run ruff check services shared tests bench
+	$(UV) run ruff format --check services shared tests bench
+
+typecheck:
+	$(UV) run mypy services shared
+
+## bench: end-to-end throughput/latency and telemetry overhead (writes bench/results/*.json)
+bench: bootstrap
+	$(UV) run python -m bench.pipeline
+
+clean:
+	rm -rf .run .mypy_cache .ruff_cache .pytest_cache bench/results

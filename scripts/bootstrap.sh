@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything `make test` and `make run` need on a fresh Debian machine,
+# idempotently: Debian packages (Redis, PostgreSQL), uv, and the locked Python
+# dependencies in .venv. Safe to run again; it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
+getent passwd postgres >/dev/null || missing+=(postgresql)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! python3 -m uv --version >/dev/null 2>&1; then
+  echo "bootstrap: installing uv"
+  python3 -m pip install --quiet --disable-pip-version-check uv
+fi
+
+python3 -m uv sync --frozen --quiet
+echo "bootstrap: ok ($(python3 -m uv --version), $(redis-server --version | cut -d' ' -f3))"
