@@ -138,6 +138,7 @@ class Stack:
         self.dsn = dsn
         self.sink = sink
         self.stream = "test:" + uuid.uuid4().hex[:10]
+        self.run_id = uuid.uuid4().hex
         self.services: list[Service] = []
         self.ingest_port: int | None = None
         self.env = {
@@ -149,6 +150,8 @@ class Stack:
             "LOG_LEVEL": "INFO",
             "SHUTDOWN_TIMEOUT": "10",
             "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+            # Lets a test pick its own services' telemetry out of the shared sink.
+            "OTEL_RESOURCE_ATTRIBUTES": f"test.run.id={self.run_id}",
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             "OTEL_METRIC_EXPORT_INTERVAL": "500",
             "OTEL_BSP_SCHEDULE_DELAY": "100",
@@ -258,6 +261,14 @@ class Stack:
             what=f"{n} row(s) in whatsapp_messages where {where}",
         )
         return self.rows(where, params)
+
+    def metric_points(self, name: str, service: str | None = None) -> list[dict[str, Any]]:
+        """This test's exported points of metric ``name``."""
+        return [
+            p
+            for p in self.sink.metric_points(name, service)
+            if p["resource"].get("test.run.id") == self.run_id
+        ]
 
     def stop_all(self) -> None:
         for svc in self.services:

@@ -153,6 +153,7 @@ class OtlpSink:
                     for p in getattr(m, kind).data_points:
                         point: dict[str, Any] = {
                             "service": resource.get("service.name"),
+                            "resource": resource,
                             "name": m.name,
                             "unit": m.unit,
                             "kind": kind,

@@ -1,0 +1,62 @@
+"""A worker SIGKILLed between reading and XACK loses nothing and duplicates nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import Stack
+from tests.support.procs import wait_for
+
+
+def pending_of(stack: Stack, consumer: str | None = None) -> int:
+    client = redis.Redis.from_url(stack.redis.url)
+    try:
+        summary = client.xpending(stack.stream, "workers")
+        if consumer is None:
+            return int(summary["pending"])
+        return sum(
+            int(c["pending"]) for c in summary["consumers"] if c["name"].decode() == consumer
+        )
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("fault", "rows_after_crash"), [("crash_after_read", 0), ("crash_before_ack", 1)]
+)
+def test_killed_worker_leaves_entry_pending_and_restart_processes_it_once(
+    stack: Stack, samples: dict[str, dict[str, Any]], fault: str, rows_after_crash: int
+) -> None:
+    stack.start_ingest()
+    crashing = stack.start_worker(name="w-crash", FAULT_INJECTION=fault)
+    resp = stack.post(samples["messages-upsert-text"])
+    assert resp.status_code == 202
+
+    wait_for(lambda: not crashing.alive(), timeout=20, what=f"worker to SIGKILL itself at {fault}")
+    assert crashing.proc is not None
+    assert crashing.proc.returncode == -9
+    assert len(stack.rows()) == rows_after_crash
+    assert pending_of(stack, "w-crash") == 1
+
+    # Same consumer name = the same container restarted: its own pending entries come first.
+    stack.start_worker(name="w-crash")
+    rows = stack.wait_rows(1)
+    wait_for(
+        lambda: pending_of(stack) == 0, timeout=20, what="the pending entry to be acknowledged"
+    )
+    assert len(stack.rows()) == 1
+    assert rows[0]["message_id"] == samples["messages-upsert-text"]["data"]["key"]["id"]
+    assert rows[0]["trace_id"] == resp.json()["trace_id"]
+
+    expected = "duplicate" if rows_after_crash else "processed"
+    wait_for(
+        lambda: any(
+            p["attributes"].get("whatsapp.outcome") == expected
+            for p in stack.metric_points("whatsapp.message.outcomes", "worker")
+        ),
+        timeout=10,
+        what=f"outcome {expected} counted",
+    )
