@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine: `make run` and `make test`.
-UV := python3 -m uv
+# uv from PATH, else as a module of the machine's python3 (bootstrap installs it).
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
 .PHONY: bootstrap run test lint typecheck unit bench clean

@@ -20,10 +20,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! python3 -m uv --version >/dev/null 2>&1; then
-  echo "bootstrap: installing uv"
-  python3 -m pip install --quiet --disable-pip-version-check uv
+if command -v uv >/dev/null 2>&1; then
+  UV=(uv)
+else
+  if ! python3 -m uv --version >/dev/null 2>&1; then
+    echo "bootstrap: installing uv"
+    python3 -m pip install --quiet --disable-pip-version-check uv
+  fi
+  UV=(python3 -m uv)
 fi
 
-python3 -m uv sync --frozen --quiet
-echo "bootstrap: ok ($(python3 -m uv --version), $(redis-server --version | cut -d' ' -f3))"
+"${UV[@]}" sync --frozen --quiet
+echo "bootstrap: ok ($("${UV[@]}" --version), redis $(redis-server --version | cut -d' ' -f3))"

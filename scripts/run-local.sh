@@ -31,6 +31,15 @@ as_postgres() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+# PostgreSQL will not run as root; as root its data must be reachable by the
+# postgres user, which a RUN_DIR under /root or a private temp dir is not.
+PG_DATA=${PG_DATA:-$RUN_DIR/pg}
+if [ "$(id -u)" -eq 0 ] && ! runuser -u postgres -- test -x "$RUN_DIR"; then
+  PG_DATA="/var/tmp/wabot-$(printf '%s' "$RUN_DIR" | md5sum | cut -c1-12)/pg"
+  mkdir -p "$(dirname "$PG_DATA")" && chmod 755 "$(dirname "$PG_DATA")"
+fi
+PG_LOG="$(dirname "$PG_DATA")/postgres.log"
+
 pids=()
 stopping=0
 cleanup() {
@@ -39,7 +48,7 @@ cleanup() {
   echo "run: stopping..."
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  as_postgres "$PG_BIN/pg_ctl" -D "$RUN_DIR/pg" -m fast stop >/dev/null 2>&1 || true
+  as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast stop >/dev/null 2>&1 || true
   echo "run: stopped"
 }
 trap cleanup EXIT
@@ -55,27 +64,28 @@ wait_ready() { # name url
 }
 
 mkdir -p "$RUN_DIR/redis" "$RUN_DIR/logs"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$RUN_DIR/redis" \
+# Children run in their own sessions (setsid) so a Ctrl-C reaches them once,
+# through cleanup(): a second signal would make the worker skip its drain.
+setsid redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$RUN_DIR/redis" \
   --appendonly yes --save "" --daemonize no >"$RUN_DIR/logs/redis.log" 2>&1 &
 pids+=($!)
 
-if [ ! -f "$RUN_DIR/pg/PG_VERSION" ]; then
-  mkdir -p "$RUN_DIR/pg"
-  [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$RUN_DIR/pg"
-  as_postgres "$PG_BIN/initdb" -D "$RUN_DIR/pg" -U postgres --auth=trust --encoding=UTF8 \
+if [ ! -f "$PG_DATA/PG_VERSION" ]; then
+  mkdir -p "$PG_DATA"
+  if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$PG_DATA" "$(dirname "$PG_DATA")"; fi
+  as_postgres "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust --encoding=UTF8 \
     --locale=C.UTF-8 >"$RUN_DIR/logs/initdb.log"
 fi
-[ "$(id -u)" -eq 0 ] && chown postgres:postgres "$RUN_DIR/logs"
-as_postgres "$PG_BIN/pg_ctl" -D "$RUN_DIR/pg" -l "$RUN_DIR/logs/postgres.log" -w \
-  -o "-p $PG_PORT -k $RUN_DIR/pg -c listen_addresses=127.0.0.1" start >/dev/null
+as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w \
+  -o "-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1" start >/dev/null
 if ! "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname = 'wabot'" | grep -q 1; then
   "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres wabot
 fi
 
 "$VENV_BIN/migrate"
-"$VENV_BIN/ingest" & pids+=($!)
-"$VENV_BIN/worker" & pids+=($!)
+setsid "$VENV_BIN/ingest" & pids+=($!)
+setsid "$VENV_BIN/worker" & pids+=($!)
 wait_ready ingest "http://127.0.0.1:$INGEST_PORT/ready"
 wait_ready worker "http://127.0.0.1:$WORKER_HEALTH_PORT/health"
 

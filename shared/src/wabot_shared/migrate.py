@@ -101,11 +101,6 @@ def apply_all(
 def main() -> None:
     """Console entry point of ``migrate``."""
     settings = load_settings(MigrateSettings, "migrate")
-    if not settings.database_url.get_secret_value().strip():
-        # An empty DSN would make libpq fall back to its defaults (PG* variables,
-        # the local socket) and migrate whatever database that happens to be.
-        print("migrate: configuration error: DATABASE_URL is empty", file=sys.stderr)
-        raise SystemExit(2)
     configure_logging("migrate", settings.log_level)
     try:
         migrations = discover(settings.migrations_dir)

@@ -44,6 +44,15 @@ class CommonSettings(BaseSettings):
     def is_development(self) -> bool:
         return self.app_env == "development"
 
+    @field_validator("database_url", "redis_url", check_fields=False)
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty DSN makes libpq/redis fall back to their defaults (PG*
+        # variables, the local socket) and use whatever server that happens to be.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
 
 class QueueSettings(CommonSettings):
     """Settings of a process that talks to the Redis stream."""
