@@ -19,13 +19,13 @@ import pytest
 from tests.support.evolution import EvolutionStub
 from tests.support.otlp import OtlpSink
 from tests.support.procs import (
-    BIN,
     REPO,
     PostgresServer,
     RedisServer,
     Service,
     free_port,
     http_get,
+    run_migrate_cmd,
     temp_dir,
     wait_for,
 )
@@ -72,14 +72,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 def run_migrate(dsn: str, **env: str) -> Any:
-    import os
-    import subprocess
-
-    full = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    full.update({"DATABASE_URL": dsn, "MIGRATIONS_DIR": str(REPO / "migrations"), **env})
-    return subprocess.run(
-        [str(BIN / "migrate")], env=full, capture_output=True, text=True, timeout=120, check=False
-    )
+    return run_migrate_cmd(dsn, **env)
 
 
 @pytest.fixture(scope="session")

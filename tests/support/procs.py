@@ -276,6 +276,15 @@ def temp_dir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def run_migrate_cmd(dsn: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the real ``migrate`` console script against ``dsn``."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    full.update({"DATABASE_URL": dsn, "MIGRATIONS_DIR": str(REPO / "migrations"), **env})
+    return subprocess.run(
+        [str(BIN / "migrate")], env=full, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def service_env(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
     env = dict(base)
     env.update(overrides)

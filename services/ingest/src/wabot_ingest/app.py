@@ -9,7 +9,7 @@ retry (bad auth, malformed body) gets 400/401/422.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,6 +33,7 @@ from wabot_shared.telemetry import trace_id_hex
 log = logging.getLogger("wabot.ingest")
 
 WEBHOOK_PATH = "/webhooks/evolution"
+UNTRACED_PATHS = frozenset({"/health", "/ready", "/docs", "/openapi.json"})
 
 _BODY_SCHEMA: dict[str, Any] = {
     "content": {
@@ -216,6 +217,11 @@ class Ingest:
         return await run_checks({"redis": self.redis.ping})
 
 
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    # Probes every few seconds would drown the traces that matter.
+    return scope.get("path") in UNTRACED_PATHS
+
+
 def create_app(settings: IngestSettings, version: str) -> FastAPI:
     """Build the FastAPI app; resources open and close with its lifespan."""
     ingest = Ingest(settings, version)
@@ -231,7 +237,16 @@ def create_app(settings: IngestSettings, version: str) -> FastAPI:
             await ingest.close()
             log.info("ingest stopped")
 
-    app = FastAPI(title="wabot ingest", version=version, lifespan=lifespan)
+    app = FastAPI(
+        title="wabot ingest",
+        version=version,
+        lifespan=lifespan,
+        # FastAPI's own OpenTelemetry support: one SERVER span and the
+        # http.server.* metrics per request. Operation sub-spans are left out
+        # (they multiply the spans per webhook and cost throughput), and so are
+        # its log records, which may quote request values.
+        telemetry={"operation_spans": False, "logs": False, "exclude": _untraced},
+    )
     app.state.ingest = ingest
 
     async def webhook(request: Request) -> JSONResponse:

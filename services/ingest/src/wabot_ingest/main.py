@@ -6,7 +6,6 @@ import logging
 from importlib.metadata import version as package_version
 
 import uvicorn
-from fastapi import FastAPI
 
 from wabot_ingest.app import create_app
 from wabot_shared.logs import configure_logging
@@ -17,19 +16,6 @@ log = logging.getLogger("wabot.ingest")
 SERVICE_NAME = "ingest"
 
 
-def instrument(app: FastAPI) -> None:
-    """Server spans and HTTP metrics for the webhook routes only.
-
-    The ASGI ``receive``/``send`` spans are left out: they double the span
-    count per request without telling an operator anything.
-    """
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-    FastAPIInstrumentor.instrument_app(
-        app, excluded_urls="/health,/ready,/docs,/openapi.json", exclude_spans=["receive", "send"]
-    )
-
-
 def main() -> None:
     """Run the ingest service until SIGTERM/SIGINT."""
     settings = load_settings(IngestSettings, SERVICE_NAME)
@@ -37,8 +23,6 @@ def main() -> None:
     telemetry = setup_telemetry(SERVICE_NAME, version, settings.app_env)
     configure_logging(SERVICE_NAME, settings.log_level, telemetry.logger_provider)
     app = create_app(settings, version)
-    if telemetry.enabled:
-        instrument(app)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
