@@ -142,6 +142,7 @@ class Stack:
             "STREAM_NAME": self.stream,
             "LOG_LEVEL": "INFO",
             "SHUTDOWN_TIMEOUT": "10",
+            "SHUTDOWN_DRAIN_DELAY": "0.2",
             "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
             # Lets a test pick its own services' telemetry out of the shared sink.
             "OTEL_RESOURCE_ATTRIBUTES": f"test.run.id={self.run_id}",

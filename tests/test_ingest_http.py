@@ -184,9 +184,30 @@ def test_redis_down_gives_503_with_retry_after_and_recovers(
 def test_health_and_ready_report_their_checks(ingest: Stack) -> None:
     from tests.support.procs import http_get
 
+    # No worker yet: ingest can enqueue (ready) but the pipeline is not healthy.
     status, body = http_get(ingest.url("/health"))
-    assert status == 200
-    assert json.loads(body)["checks"]["redis"]["status"] == "pass"
+    assert status == 503
+    checks = json.loads(body)["checks"]
+    assert checks["workers"] == {
+        "status": "fail",
+        "live": 0,
+        "duration_ms": checks["workers"]["duration_ms"],
+    }
+    assert checks["redis"]["status"] == "pass"
+    assert checks["postgres"]["status"] == "pass"
+    assert http_get(ingest.url("/ready"))[0] == 200
+    worker = ingest.start_worker()
+    wait_for(
+        lambda: http_get(ingest.url("/health"))[0] == 200,
+        timeout=20,
+        what="ingest /health once a worker heartbeats",
+    )
+    worker.terminate()
+    wait_for(
+        lambda: http_get(ingest.url("/health"))[0] == 503,
+        timeout=20,
+        what="ingest /health failing once the worker is gone",
+    )
     status, body = http_get(ingest.url("/ready"))
     assert status == 200
     assert WEBHOOK_SECRET not in body.decode()

@@ -13,6 +13,10 @@ from typing import Final
 DEFAULT_STREAM: Final = "whatsapp:inbound"
 DEFAULT_GROUP: Final = "workers"
 DEAD_LETTER_SUFFIX: Final = ":dead"
+# Hash of entry id -> count of non-transient processing failures.
+FAILURES_SUFFIX: Final = ":failures"
+# One TTL key per live worker (its lease on a consumer name, and its heartbeat).
+WORKER_KEY_INFIX: Final = ":workers:"
 # A stream entry's fields. Trace context fields are the W3C header names and
 # are written by the propagator itself, never by hand.
 FIELD_PAYLOAD: Final = "payload"
@@ -22,6 +26,11 @@ FIELD_MESSAGE_ID: Final = "message_id"
 FIELD_ERROR_TYPE: Final = "error_type"
 FIELD_DELIVERIES: Final = "deliveries"
 FIELD_ORIGINAL_ID: Final = "original_id"
+FIELD_ERROR_MESSAGE: Final = "error"
+FIELD_DEAD_AT: Final = "dead_lettered_at"
+DEAD_LETTER_FIELDS: Final = frozenset(
+    {FIELD_ERROR_TYPE, FIELD_DELIVERIES, FIELD_ORIGINAL_ID, FIELD_ERROR_MESSAGE, FIELD_DEAD_AT}
+)
 
 MESSAGING_SYSTEM: Final = "redis"
 OP_SEND: Final = "send"

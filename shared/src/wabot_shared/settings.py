@@ -61,10 +61,6 @@ class QueueSettings(CommonSettings):
     stream_name: str = names.DEFAULT_STREAM
     consumer_group: str = names.DEFAULT_GROUP
 
-    @property
-    def dead_letter_stream(self) -> str:
-        return self.stream_name + names.DEAD_LETTER_SUFFIX
-
 
 def _check_secret(name: str, value: SecretStr | None, development: bool) -> None:
     if value is None or development:
@@ -87,6 +83,9 @@ class IngestSettings(QueueSettings):
     ingest_port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     retry_after_seconds: int = Field(default=5, ge=1)
+    # After SIGTERM, keep answering (503 on /ready and on webhooks) this long so
+    # load balancers stop routing here before the listener closes.
+    shutdown_drain_delay: float = Field(default=2.0, ge=0)
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> IngestSettings:
@@ -110,6 +109,7 @@ class WorkerSettings(QueueSettings):
     worker_consumer_name: str = Field(default_factory=_default_consumer_name, min_length=1)
     worker_batch_size: int = Field(default=16, ge=1, le=1000)
     worker_block_ms: int = Field(default=1000, ge=1)
+    # Tick of the maintenance task: heartbeat, queue depth sample, trimming.
     worker_stats_interval: float = Field(default=5.0, gt=0)
     db_pool_size: int = Field(default=10, ge=1)
     # Deliveries that fail with a non-transient error before dead-lettering.
@@ -123,6 +123,12 @@ class WorkerSettings(QueueSettings):
     evolution_api_key: SecretStr | None = None
     reply_text: str = "Recebemos sua mensagem. Em breve retornaremos."
     reply_timeout: float = Field(default=5.0, gt=0)
+    # Entries pending longer than this on a consumer are taken over (XAUTOCLAIM):
+    # it must exceed the longest legitimate handling time of one message.
+    reclaim_min_idle_ms: int = Field(default=60_000, ge=100)
+    reclaim_interval: float = Field(default=15.0, gt=0)
+    # Acknowledged entries are kept this long for inspection, then trimmed.
+    stream_retention_seconds: int = Field(default=86_400, ge=0)
     # Test-only hook that makes the process SIGKILL itself at a precise point.
     fault_injection: FaultPoint | None = None
 
@@ -141,6 +147,14 @@ class WorkerSettings(QueueSettings):
         if self.fault_injection and self.app_env == "production":
             raise ValueError("FAULT_INJECTION is refused in production")
         return self
+
+
+class WorkerCheckSettings(BaseSettings):
+    """What ``worker --check`` needs: only where the health server listens."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, frozen=True)
+
+    worker_health_port: int = Field(default=8001, ge=0, le=65535)
 
 
 class MigrateSettings(CommonSettings):

@@ -18,14 +18,17 @@ from fastapi.responses import JSONResponse
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as msg
 from opentelemetry.semconv.attributes import error_attributes, server_attributes
 from opentelemetry.trace import SpanKind, StatusCode
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
 
 from wabot_ingest.auth import SECRET_HEADER, Unauthorized, WebhookAuth
 from wabot_ingest.envelope import BodyError, UpsertEnvelope, metric_event, normalize_event, parse
 from wabot_ingest.telemetry import IngestTelemetry
-from wabot_shared import names
+from wabot_shared import db, names
 from wabot_shared import queue as q
-from wabot_shared.health import run_checks
+from wabot_shared.health import Check, run_checks
 from wabot_shared.propagation import inject_into_fields
 from wabot_shared.settings import IngestSettings
 from wabot_shared.telemetry import trace_id_hex
@@ -94,18 +97,30 @@ class Ingest:
             socket_timeout=5.0,
             health_check_interval=30,
         )
-        self.queue = q.StreamQueue(
-            self.redis, settings.stream_name, settings.consumer_group, settings.dead_letter_stream
-        )
+        self.queue = q.StreamQueue(self.redis, settings.stream_name, settings.consumer_group)
         kwargs = self.redis.connection_pool.connection_kwargs
         self._server_attrs: dict[str, str | int] = {
             server_attributes.SERVER_ADDRESS: str(kwargs.get("host", "")),
             server_attributes.SERVER_PORT: int(kwargs.get("port", 6379)),
         }
         self.draining = False
+        self.pool: AsyncConnectionPool[AsyncConnection[TupleRow]] | None = None
+
+    def start_draining(self, reason: str) -> None:
+        """Stop accepting: /ready and new webhooks answer 503 from now on."""
+        if not self.draining:
+            self.draining = True
+            log.info("%s received: draining (new requests get 503)", reason)
 
     async def start(self) -> None:
         """Create the consumer group so no entry predates it; Redis may be down."""
+        if self.settings.database_url is not None:
+            self.pool = await db.open_pool(
+                self.settings.database_url.get_secret_value(),
+                max_size=2,
+                name="wabot-ingest",
+                traced=False,
+            )
         try:
             await self.queue.ensure_group()
         except RedisError as exc:
@@ -115,8 +130,10 @@ class Ingest:
             )
 
     async def close(self) -> None:
-        """Release the Redis pool."""
+        """Release the Redis and PostgreSQL pools."""
         await self.redis.aclose()
+        if self.pool is not None:
+            await self.pool.close(timeout=2.0)
 
     def _unavailable(self, detail: str) -> JSONResponse:
         return _error(503, "unavailable", detail, retry_after=self.settings.retry_after_seconds)
@@ -213,8 +230,17 @@ class Ingest:
         return await run_checks({"redis": self.redis.ping})
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
-        """Health = the dependencies this process needs answer."""
-        return await run_checks({"redis": self.redis.ping})
+        """Health = Redis answers, PostgreSQL answers (when configured), and at
+        least one worker has a live heartbeat (its key's TTL has not run out)."""
+        checks: dict[str, Check] = {"redis": self.redis.ping, "workers": self._workers_alive}
+        if self.pool is not None:
+            pool = self.pool
+            checks["postgres"] = lambda: db.ping(pool, timeout=2.0)
+        return await run_checks(checks)
+
+    async def _workers_alive(self) -> dict[str, Any]:
+        workers = await self.queue.live_workers()
+        return {"status": "pass" if workers else "fail", "live": len(workers)}
 
 
 def _untraced(scope: MutableMapping[str, Any]) -> bool:
@@ -233,7 +259,7 @@ def create_app(settings: IngestSettings, version: str) -> FastAPI:
         try:
             yield
         finally:
-            ingest.draining = True
+            ingest.start_draining("shutdown")
             await ingest.close()
             log.info("ingest stopped")
 

@@ -3,7 +3,10 @@
 After a (re)start the loop first walks this consumer's own pending entries (what
 a previous process read but never acknowledged), then reads new ones. A batch
 that hit a transient failure sends the loop back through the pending entries
-after a backoff, so nothing stays pending while the worker is alive.
+after a backoff, so nothing stays pending while the worker is alive. Every
+``RECLAIM_INTERVAL`` it also takes over entries that other consumers left idle
+for longer than ``RECLAIM_MIN_IDLE_MS`` (a crashed worker's), so they are
+processed without anyone's intervention.
 """
 
 from __future__ import annotations
@@ -59,12 +62,18 @@ class Consumer:
         self.in_flight = 0
         self.last_iteration = time.monotonic()
         self.group_ready = False
+        self.next_reclaim = 0.0  # at start-up, then every reclaim_interval
+        self.reclaim_cursor = "0-0"
 
     async def _read(self, pending_cursor: str | None) -> list[StreamEntry]:
         with suppress_instrumentation():  # polling is not part of any message's trace
             if not self.group_ready:
                 await self.queue.ensure_group()
                 self.group_ready = True
+            if pending_cursor is None and time.monotonic() >= self.next_reclaim:
+                reclaimed = await self._reclaim()
+                if reclaimed:
+                    return reclaimed
             if pending_cursor is not None:
                 return await self.queue.read(
                     self.consumer,
@@ -79,6 +88,24 @@ class Consumer:
                 self.settings.worker_block_ms,
                 pending=False,
             )
+
+    async def _reclaim(self) -> list[StreamEntry]:
+        settings = self.settings
+        self.reclaim_cursor, entries = await self.queue.claim_idle(
+            self.consumer,
+            settings.reclaim_min_idle_ms,
+            settings.worker_batch_size,
+            self.reclaim_cursor,
+        )
+        if self.reclaim_cursor == "0-0":  # scanned the whole pending list
+            self.next_reclaim = time.monotonic() + settings.reclaim_interval
+        if entries:
+            log.warning(
+                "reclaimed %d entries left idle by other consumers",
+                len(entries),
+                extra={"reclaimed": len(entries)},
+            )
+        return entries
 
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -1,23 +1,38 @@
-"""``worker`` entrypoint: settings → telemetry → consume until signalled → drain → flush."""
+"""``worker`` entrypoint.
+
+* ``worker``: settings → telemetry → consume until SIGTERM/SIGINT → drain → flush.
+* ``worker --check``: exit 0 if this container's worker is healthy, else 1
+  (for container health checks).
+* ``worker redrive [--count N] [--id ID ...]``: move dead-lettered messages back
+  onto the stream, keeping their trace context.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import contextlib
 import logging
+import sys
 import time
+import urllib.error
+import urllib.request
+import uuid
 from importlib.metadata import version as package_version
 from typing import Any
+
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from redis.exceptions import RedisError
 
 from wabot_shared import db
 from wabot_shared import queue as q
 from wabot_shared.health import run_checks
 from wabot_shared.logs import configure_logging
-from wabot_shared.settings import WorkerSettings, load_settings
+from wabot_shared.settings import WorkerCheckSettings, WorkerSettings, load_settings
 from wabot_shared.shutdown import GracefulShutdown
 from wabot_shared.telemetry import setup_telemetry
 from wabot_worker.consumer import Consumer
 from wabot_worker.health import HealthServer
+from wabot_worker.maintenance import Maintenance
 from wabot_worker.processor import Processor
 from wabot_worker.reply import EvolutionClient
 from wabot_worker.telemetry import WorkerTelemetry
@@ -34,34 +49,23 @@ def _instrument(enabled: bool) -> None:
     HTTPXClientInstrumentor().instrument()
 
 
-async def _sample_queue(
-    queue: q.StreamQueue, telemetry: WorkerTelemetry, interval: float, stop: asyncio.Event
-) -> None:
-    from opentelemetry.instrumentation.utils import suppress_instrumentation
-
-    while not stop.is_set():
-        try:
-            with suppress_instrumentation():
-                telemetry.queue_stats = await queue.stats()
-        except Exception as exc:
-            log.debug("queue stats unavailable: %s", type(exc).__name__)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
-
-
 async def run(settings: WorkerSettings, version: str) -> int:
     """Run the worker until SIGTERM/SIGINT; returns the exit code."""
     shutdown = GracefulShutdown()
     shutdown.install(asyncio.get_running_loop())
     started = time.monotonic()
-    telemetry = WorkerTelemetry(
-        settings.stream_name, settings.consumer_group, settings.worker_consumer_name, version
-    )
     redis = q.connect(
         settings.redis_url.get_secret_value(), socket_connect_timeout=2.0, health_check_interval=30
     )
-    queue = q.StreamQueue(
-        redis, settings.stream_name, settings.consumer_group, settings.dead_letter_stream
+    queue = q.StreamQueue(redis, settings.stream_name, settings.consumer_group)
+    token = uuid.uuid4().hex
+    consumer_name = await _claim_consumer_name(
+        queue, settings.worker_consumer_name, token, settings
+    )
+    if consumer_name != settings.worker_consumer_name:
+        settings = settings.model_copy(update={"worker_consumer_name": consumer_name})
+    telemetry = WorkerTelemetry(
+        settings.stream_name, settings.consumer_group, consumer_name, version
     )
     pool = await db.open_pool(
         settings.database_url.get_secret_value(),
@@ -77,6 +81,7 @@ async def run(settings: WorkerSettings, version: str) -> int:
         )
     processor = Processor(settings, pool, queue, telemetry, evolution)
     consumer = Consumer(settings, queue, processor, telemetry)
+    maintenance = Maintenance(settings, queue, pool, telemetry, token)
     stale_after = max(30.0, 3 * settings.worker_block_ms / 1000)
 
     async def loop_check() -> dict[str, Any]:
@@ -84,8 +89,6 @@ async def run(settings: WorkerSettings, version: str) -> int:
         return {"status": "pass" if age < stale_after else "fail", "age_s": round(age, 2)}
 
     async def health() -> tuple[bool, dict[str, Any]]:
-        from opentelemetry.instrumentation.utils import suppress_instrumentation
-
         with suppress_instrumentation():
             return await run_checks(
                 {
@@ -97,9 +100,7 @@ async def run(settings: WorkerSettings, version: str) -> int:
 
     health_server = HealthServer(settings.worker_health_host, settings.worker_health_port, health)
     await health_server.start()
-    sampler = asyncio.create_task(
-        _sample_queue(queue, telemetry, settings.worker_stats_interval, shutdown.requested)
-    )
+    background = asyncio.create_task(maintenance.run(shutdown.requested))
     consume = asyncio.create_task(consumer.run(shutdown.requested))
     exit_code = 0
     try:
@@ -125,8 +126,9 @@ async def run(settings: WorkerSettings, version: str) -> int:
             )
             consume.cancel()
     finally:
-        sampler.cancel()
+        background.cancel()
         await health_server.close()
+        await maintenance.release()
         await pool.close(timeout=2.0)
         await redis.aclose()
         if evolution is not None:
@@ -141,9 +143,96 @@ async def run(settings: WorkerSettings, version: str) -> int:
     return exit_code
 
 
+async def _claim_consumer_name(
+    queue: q.StreamQueue, name: str, token: str, settings: WorkerSettings
+) -> str:
+    """Make sure no other live process consumes under ``name``.
+
+    Two processes sharing a consumer name would share its pending entries and
+    could process one message twice at the same time. A restarted worker finds
+    its predecessor's lease until the lease's TTL runs out, so it waits that
+    long to take over the name (and its pending entries); a name still held
+    after that belongs to a live worker, and this process takes a unique
+    variant instead (a dead holder's entries are reclaimed once idle).
+    """
+    ttl_ms = Maintenance.heartbeat_ttl_ms(settings)
+    deadline = time.monotonic() + ttl_ms / 1000 + 1.0
+    waited = False
+    while True:
+        try:
+            if await queue.acquire_worker(name, token, ttl_ms):
+                if waited:
+                    log.info("took over consumer name %s after its lease expired", name)
+                return name
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "redis unavailable at start-up (%s); using consumer name %s",
+                type(exc).__name__,
+                name,
+            )
+            return name
+        if time.monotonic() >= deadline:
+            break
+        if not waited:
+            log.info("consumer name %s is leased; waiting up to %.0fs for it", name, ttl_ms / 1000)
+            waited = True
+        await asyncio.sleep(0.5)
+    unique = f"{name}-{token[:8]}"
+    log.warning("consumer name %s is held by a live worker; using %s", name, unique)
+    await queue.acquire_worker(unique, token, ttl_ms)
+    return unique
+
+
+def check() -> int:
+    """``worker --check``: 0 when the local worker's /health answers 200."""
+    settings = WorkerCheckSettings()
+    url = f"http://127.0.0.1:{settings.worker_health_port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return 0 if response.status == 200 else 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"worker --check: {url}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def redrive(settings: WorkerSettings, count: int, ids: list[str]) -> int:
+    """Move dead letters back onto the stream; prints what it moved."""
+    redis = q.connect(settings.redis_url.get_secret_value(), socket_connect_timeout=2.0)
+    queue = q.StreamQueue(redis, settings.stream_name, settings.consumer_group)
+    try:
+        moved = await queue.redrive(count, ids or None)
+    finally:
+        await redis.aclose()
+    log.info("re-drove %d dead-lettered message(s)", len(moved), extra={"new_ids": moved})
+    print(f"re-drove {len(moved)} message(s) from {queue.dead_stream} to {queue.stream}")
+    return 0
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="exit 0 if the local worker is healthy, 1 otherwise"
+    )
+    sub = parser.add_subparsers(dest="command")
+    re_drive = sub.add_parser("redrive", help="move dead-lettered messages back to the stream")
+    re_drive.add_argument("--count", type=int, default=100, help="at most this many (oldest first)")
+    re_drive.add_argument(
+        "--id", action="append", default=[], dest="ids", help="a dead-letter entry id (repeatable)"
+    )
+    return parser.parse_args(argv)
+
+
 def main() -> None:
-    """Run the worker service until SIGTERM/SIGINT."""
+    """Console entry point of ``worker``."""
+    args = _parse_args(sys.argv[1:])
+    if args.check:
+        raise SystemExit(check())
     settings = load_settings(WorkerSettings, SERVICE_NAME)
+    if args.command == "redrive":
+        configure_logging(SERVICE_NAME, settings.log_level)
+        raise SystemExit(asyncio.run(redrive(settings, args.count, args.ids)))
     version = package_version("wabot-worker")
     otel = setup_telemetry(SERVICE_NAME, version, settings.app_env)
     configure_logging(SERVICE_NAME, settings.log_level, otel.logger_provider)

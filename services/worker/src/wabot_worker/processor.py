@@ -88,7 +88,6 @@ class Processor:
         self.telemetry = telemetry
         self.evolution = evolution
         self.resolver = InstanceResolver(settings.whatsapp_default_instance)
-        self.failures: dict[str, int] = {}
 
     def fault(self, point: str) -> None:
         """Test-only: SIGKILL this process at ``point`` when so configured."""
@@ -128,11 +127,7 @@ class Processor:
             except TRANSIENT_ERRORS as exc:
                 outcome = self._failed(entry, span, exc, transient=True)
             except Exception as exc:
-                outcome = self._failed(entry, span, exc, transient=False)
-                if self.failures.get(entry.id, 0) >= self.settings.max_deliveries:
-                    outcome = await self._dead_letter(
-                        entry, span, type(exc).__name__, "failed too many times"
-                    )
+                outcome = await self._failed_permanently(entry, span, exc)
             tel.processed(outcome.name, time.perf_counter() - started, outcome.error_type)
         return outcome
 
@@ -170,7 +165,6 @@ class Processor:
                 )
         self.fault("crash_before_ack")
         await self.queue.ack(entry.id)
-        self.failures.pop(entry.id, None)
         outcome = Outcome("processed" if inserted else "duplicate")
         log.info(
             "message %s",
@@ -206,8 +200,6 @@ class Processor:
         error_type = type(exc).__name__
         span.set_status(StatusCode.ERROR, error_type)
         span.set_attribute(error_attributes.ERROR_TYPE, error_type)
-        if not transient:
-            self.failures[entry.id] = self.failures.get(entry.id, 0) + 1
         log.warning(
             "message processing failed (%s); entry stays pending",
             error_type,
@@ -215,18 +207,37 @@ class Processor:
                 "messaging.message.id": entry.id,
                 "error.type": error_type,
                 "transient": transient,
-                "attempts": self.failures.get(entry.id, 0),
             },
             exc_info=not transient,
         )
         return Outcome("failed", transient=transient, error_type=error_type)
 
+    async def _failed_permanently(
+        self, entry: StreamEntry, span: trace.Span, exc: BaseException
+    ) -> Outcome:
+        """An unexpected error: retried, and dead-lettered after MAX_DELIVERIES."""
+        outcome = self._failed(entry, span, exc, transient=False)
+        try:
+            failures = await self.queue.count_failure(entry.id)
+        except TRANSIENT_ERRORS:
+            return outcome  # counted next time; the entry stays pending either way
+        span.set_attribute("whatsapp.message.failures", failures)
+        if failures >= self.settings.max_deliveries:
+            return await self._dead_letter(
+                entry, span, type(exc).__name__, f"failed {failures} times", failures
+            )
+        return outcome
+
     async def _dead_letter(
-        self, entry: StreamEntry, span: trace.Span, error_type: str, reason: str
+        self,
+        entry: StreamEntry,
+        span: trace.Span,
+        error_type: str,
+        reason: str,
+        deliveries: int = 1,
     ) -> Outcome:
         span.set_status(StatusCode.ERROR, error_type)
         span.set_attribute(error_attributes.ERROR_TYPE, error_type)
-        deliveries = self.failures.pop(entry.id, 0) + 1
         try:
             dead_id = await self.queue.dead_letter(
                 entry,
@@ -234,6 +245,7 @@ class Processor:
                     names.FIELD_ERROR_TYPE: error_type,
                     names.FIELD_DELIVERIES: str(deliveries),
                     names.FIELD_ORIGINAL_ID: entry.id,
+                    names.FIELD_ERROR_MESSAGE: reason,
                 },
             )
         except TRANSIENT_ERRORS as exc:
