@@ -18,7 +18,7 @@ from tests.conftest import run_migrate
 from tests.support.procs import BIN, REPO
 
 MIGRATIONS = REPO / "migrations"
-FILES = ["001_base_schema.sql", "002_whatsapp_instances.sql", "003_whatsapp_messages.sql"]
+FILES = sorted(p.name for p in (REPO / "migrations").glob("*.sql"))
 
 
 # --- helpers -----------------------------------------------------------------

@@ -76,8 +76,14 @@ def _text(message: Any) -> str | None:
     return None
 
 
+def without_nul(text: str) -> str:
+    """PostgreSQL text cannot hold NUL (U+0000): replace it with U+FFFD,
+    deterministically, so a redelivered message still maps to the same row."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def _opt_str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    return without_nul(value) if isinstance(value, str) and value else None
 
 
 def parse_payload(payload: str) -> InboundMessage:
@@ -104,16 +110,17 @@ def parse_payload(payload: str) -> InboundMessage:
     message = data.get("message")
     message_type = _opt_str(data.get("messageType"))
     if message_type is None and isinstance(message, dict) and message:
-        message_type = next(iter(message))
+        message_type = without_nul(str(next(iter(message))))
+    text = _text(message)
     return InboundMessage(
-        instance_name=instance,
-        remote_jid=remote_jid,
+        instance_name=without_nul(instance),
+        remote_jid=without_nul(remote_jid),
         from_me=bool(from_me),
-        message_id=message_id,
+        message_id=without_nul(message_id),
         participant=_opt_str(key.get("participant")),
         push_name=_opt_str(data.get("pushName")),
         message_type=message_type,
-        text_body=_text(message),
+        text_body=without_nul(text) if text is not None else None,
         message_timestamp=_timestamp(data.get("messageTimestamp")),
         raw=body,
         raw_json=payload,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
 from wabot_worker.instances import Resolution
-from wabot_worker.message import InboundMessage
+from wabot_worker.message import InboundMessage, without_nul
 
 _INSERT = """
 INSERT INTO healthcare.whatsapp_messages (
@@ -29,9 +30,14 @@ WHERE id = %s AND (last_seen_at IS NULL OR last_seen_at < now() - interval '30 s
 """
 
 
-def _clean(text: str | None) -> str | None:
-    # PostgreSQL text cannot hold NUL; the raw payload (jsonb) keeps the original.
-    return text.replace("\x00", "\ufffd") if text else text
+def _json_safe(node: Any) -> Any:
+    if isinstance(node, str):
+        return without_nul(node)
+    if isinstance(node, dict):
+        return {without_nul(str(k)): _json_safe(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_json_safe(v) for v in node]
+    return node
 
 
 async def insert_message(
@@ -53,10 +59,11 @@ async def insert_message(
                 message.from_me,
                 message.message_id,
                 message.participant,
-                _clean(message.push_name),
+                message.push_name,
                 message.message_type,
-                _clean(message.text_body),
-                Jsonb(message.raw),
+                message.text_body,
+                # jsonb cannot hold U+0000 either (the JSON escape is how it arrives).
+                Jsonb(_json_safe(message.raw) if "\\u0000" in message.raw_json else message.raw),
                 message.message_timestamp,
                 resolution.source,
                 resolution.instance_name,
