@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything `make test` and `make run` need on a fresh Debian machine,
-# idempotently: Debian packages (Redis, PostgreSQL), uv, and the locked Python
-# dependencies in .venv. Safe to run again; it only does what is missing.
+# idempotently: Debian packages (Redis, PostgreSQL, Prometheus, Alertmanager),
+# uv and the locked Python dependencies in .venv, and the Go-built collector and
+# Jaeger (cached in ~/.cache/wabot/bin). Safe to run again; it only does what is
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
 getent passwd postgres >/dev/null || missing+=(postgresql)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -31,4 +35,5 @@ else
 fi
 
 "${UV[@]}" sync --frozen --quiet
+scripts/build-otel-tools.sh >/dev/null
 echo "bootstrap: ok ($("${UV[@]}" --version), redis $(redis-server --version | cut -d' ' -f3))"

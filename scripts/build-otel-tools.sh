@@ -12,8 +12,12 @@
 # Env overrides:
 #   WABOT_CACHE_DIR   cache root (default ~/.cache/wabot); binaries go to $WABOT_CACHE_DIR/bin
 #   WABOT_BUILD_JOBS  `go build -p` parallelism (default 2)
-#   JAEGER_VERSION    Go module version of github.com/jaegertracing/jaeger
-# The last lines printed are `OTELCOL_BIN=...` and `JAEGER_BIN=...` (eval-able).
+#   JAEGER_VERSION    Go module version of github.com/jaegertracing/jaeger (with
+#   JAEGER_RELEASE    the matching Jaeger v2 release name, for `jaeger version`)
+# Stable names ~/.cache/wabot/bin/otelcol-wabot and .../jaeger are symlinks to
+# the latest builds. The last lines printed are BUILDER_BIN=..., OTELCOL_BIN=...
+# and JAEGER_BIN=... (eval-able). Needs Go >= 1.26 (the 0.165 collector modules
+# declare go 1.26), flock, sha256sum and network access to the Go module proxy.
 set -euo pipefail
 
 # Collector builder / core / contrib release. Must match the versions in
@@ -27,6 +31,8 @@ OTELCOL_VERSION="0.165.0"
 # upstream replace directives (identical build list). A version whose go.mod
 # has no replace directive is installed with plain `go install`.
 JAEGER_VERSION="${JAEGER_VERSION:-v1.76.0}"
+# Release name reported by `jaeger version` (the v2 tag of the same commit).
+JAEGER_RELEASE="${JAEGER_RELEASE:-v2.13.0}"
 JAEGER_MODULE="github.com/jaegertracing/jaeger"
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,7 +47,7 @@ export GOFLAGS="-trimpath -buildvcs=false -p=$JOBS"
 log() { printf '[build-otel-tools] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-command -v go >/dev/null || die "go is not installed (need Go >= 1.24)"
+command -v go >/dev/null || die "go is not installed (need Go >= 1.26)"
 [[ -f "$MANIFEST" ]] || die "missing $MANIFEST"
 grep -q "^  version: ${OTELCOL_VERSION}\$" "$MANIFEST" \
     || die "dist.version in $MANIFEST does not match OTELCOL_VERSION=$OTELCOL_VERSION"
@@ -106,12 +112,13 @@ if [[ -x "$JAEGER_BIN" ]]; then
 else
     log "jaeger $JAEGER_VERSION: building, this takes several minutes"
     start=$SECONDS
+    jaeger_ldflags="-s -w -X $JAEGER_MODULE/internal/version.latestVersion=$JAEGER_RELEASE"
     # Locate the module's go.mod through the module cache (no repo clone).
     upstream_gomod="$(cd "$SCRATCH" && go mod download -json "$JAEGER_MODULE@$JAEGER_VERSION" \
         | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')"
     [[ -f "$upstream_gomod" ]] || die "could not download $JAEGER_MODULE@$JAEGER_VERSION"
     if ! grep -Eq '^[[:space:]]*replace([[:space:]]|\()' "$upstream_gomod"; then
-        GOBIN="$SCRATCH/gobin" go install -ldflags "-s -w" "$JAEGER_MODULE/cmd/jaeger@$JAEGER_VERSION"
+        GOBIN="$SCRATCH/gobin" go install -ldflags "$jaeger_ldflags" "$JAEGER_MODULE/cmd/jaeger@$JAEGER_VERSION"
         built="$SCRATCH/gobin/jaeger"
     else
         log "jaeger $JAEGER_VERSION: go.mod has replace directives; using a wrapper module"
@@ -128,7 +135,7 @@ else
                  /^replace[[:space:]]+[^(]/ {print}' "$upstream_gomod"
         } >"$wrapper/go.mod"
         (cd "$wrapper" && go get "$JAEGER_MODULE/cmd/jaeger@$JAEGER_VERSION" \
-            && go build -ldflags "-s -w" -o "$SCRATCH/jaeger" "$JAEGER_MODULE/cmd/jaeger")
+            && go build -ldflags "$jaeger_ldflags" -o "$SCRATCH/jaeger" "$JAEGER_MODULE/cmd/jaeger")
         built="$SCRATCH/jaeger"
     fi
     install -m 0755 "$built" "$JAEGER_BIN.tmp"
@@ -136,6 +143,12 @@ else
     log "jaeger $JAEGER_VERSION: built in $((SECONDS - start))s"
 fi
 ln -sfn "$(basename "$JAEGER_BIN")" "$BIN_DIR/jaeger"
+
+# promtool / amtool (config checks and rule unit tests) come from Debian packages.
+for tool in promtool amtool; do
+    command -v "$tool" >/dev/null \
+        || log "NOTE: $tool not found; install it with: apt-get install -y prometheus prometheus-alertmanager"
+done
 
 echo "BUILDER_BIN=$BUILDER"
 echo "OTELCOL_BIN=$OTELCOL_BIN"
