@@ -1,7 +1,10 @@
-"""`make run` brings the whole pipeline up natively, and the README's curl ends as a row."""
+"""`make run` brings the whole pipeline up natively, and the README's curl ends as a
+row and as a trace in the Jaeger that `make run` started (found through the URL
+it printed)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -11,6 +14,31 @@ from pathlib import Path
 import psycopg
 
 from tests.support.procs import REPO, free_port, http_get, wait_for
+
+# Every port scripts/run-local.sh binds, so the test never clashes with a
+# `make run` (or anything else) already running on the defaults.
+PORT_VARS = (
+    "REDIS_PORT",
+    "PG_PORT",
+    "INGEST_PORT",
+    "WORKER_HEALTH_PORT",
+    "OTELCOL_GRPC_PORT",
+    "OTELCOL_HTTP_PORT",
+    "OTELCOL_HEALTH_PORT",
+    "OTELCOL_PROMETHEUS_PORT",
+    "OTELCOL_METRICS_PORT",
+    "JAEGER_UI_PORT",
+    "JAEGER_QUERY_GRPC_PORT",
+    "JAEGER_HEALTH_PORT",
+    "JAEGER_OTLP_GRPC_PORT",
+    "JAEGER_OTLP_HTTP_PORT",
+    "JAEGER_METRICS_PORT",
+    "PROMETHEUS_PORT",
+    "ALERTMANAGER_PORT",
+)
+# Variables the observability configs read: inherited values would override
+# what run-local.sh sets up.
+CONFIG_ENV_PREFIXES = ("OTEL_", "OTELCOL_", "JAEGER_", "PROMETHEUS_", "ALERT")
 
 
 def readme_curl() -> str:
@@ -27,13 +55,12 @@ def readme_curl() -> str:
 
 
 def test_make_run_starts_everything_and_a_curl_ends_as_a_row(tmp_path: Path) -> None:
-    ports = {
-        name: str(free_port())
-        for name in ("REDIS_PORT", "PG_PORT", "INGEST_PORT", "WORKER_HEALTH_PORT")
-    }
+    ports = {name: str(free_port()) for name in PORT_VARS}
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        **{k: v for k, v in os.environ.items() if not k.startswith(CONFIG_ENV_PREFIXES)},
         "RUN_DIR": str(tmp_path / "run"),
+        # Spans reach the collector within 0.5s instead of the SDK's 5s.
+        "OTEL_BSP_SCHEDULE_DELAY": "500",
         **ports,
     }
     log = tmp_path / "make-run.log"
@@ -74,6 +101,23 @@ def test_make_run_starts_everything_and_a_curl_ends_as_a_row(tmp_path: Path) -> 
 
         found = wait_for(row, timeout=20, what="the curl'd message as a row")
         assert found == ("3EB0C767D26A3D2B9F1A", trace_id.group(1))
+
+        # The trace, through the Jaeger URL `make run` printed.
+        printed = re.search(r"^\s+jaeger\s+(http://\S+)", log.read_text(), re.M)
+        assert printed, "make run printed no Jaeger URL"
+        assert printed.group(1) == f"http://127.0.0.1:{ports['JAEGER_UI_PORT']}"
+
+        def services_in_trace() -> set[str] | None:
+            status, body = http_get(f"{printed.group(1)}/api/traces/{trace_id.group(1)}")
+            if status != 200:
+                return None
+            trace = json.loads(body)["data"][0]
+            services = {p["serviceName"] for p in trace["processes"].values()}
+            names = {s["operationName"] for s in trace["spans"]}
+            done = services >= {"ingest", "worker"} and "process whatsapp:inbound" in names
+            return services if done else None
+
+        wait_for(services_in_trace, timeout=30, what="the curl'd message's trace in Jaeger")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

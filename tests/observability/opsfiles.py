@@ -1,0 +1,82 @@
+"""Reading the committed ops files: alert rules, Grafana dashboards, datasources.
+
+Shared by the static checks (test_ops_configs.py) and the live ones, so both
+look at exactly the same expressions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import yaml
+
+from tests.observability.backend import GRAFANA_DIR, PROM_DIR, REPO
+
+DASHBOARD_DIR = GRAFANA_DIR / "dashboards"
+DATASOURCES = GRAFANA_DIR / "provisioning" / "datasources" / "datasources.yaml"
+DOCS = REPO / "docs" / "observability.md"
+
+
+def load_alert_rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load((PROM_DIR / "alerts.yml").read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def iter_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from iter_panels(panel.get("panels", []))
+
+
+def load_dashboards() -> dict[str, dict[str, Any]]:
+    files = sorted(DASHBOARD_DIR.glob("*.json"))
+    assert {f.name for f in files} >= {"pipeline-overview.json", "collector-health.json"}
+    return {f.name: json.loads(f.read_text()) for f in files}
+
+
+def provisioned_uids() -> dict[str, str]:
+    doc = yaml.safe_load(DATASOURCES.read_text())
+    return {ds["uid"]: ds["type"] for ds in doc["datasources"]}
+
+
+def dashboard_prom_exprs() -> list[tuple[str, str]]:
+    """(where, expr) of every Prometheus query in the dashboards, variables included."""
+    uids = provisioned_uids()
+    exprs = []
+    for fname, dash in load_dashboards().items():
+        for panel in iter_panels(dash["panels"]):
+            for target in panel.get("targets", []):
+                ds = target.get("datasource") or panel.get("datasource") or {}
+                if uids.get(str(ds.get("uid"))) == "prometheus":
+                    exprs.append((f"{fname}: {panel['title']} [{target['refId']}]", target["expr"]))
+        for var in dash.get("templating", {}).get("list", []):
+            query = var.get("query")
+            if isinstance(query, dict):
+                query = query.get("query", "")
+            match = re.fullmatch(r"label_values\((.+),\s*\w+\)", query or "")
+            if match:
+                exprs.append((f"{fname}: variable {var['name']}", match.group(1)))
+    return exprs
+
+
+def grafana_to_promql(expr: str, interval: str = "5m", variables: str = ".*") -> str:
+    """Replace Grafana's built-in and template variables so Prometheus can run it."""
+    expr = re.sub(r"\$__(rate_interval|interval|range)\b", interval, expr)
+    # Template variables are named like identifiers; `$1` in label_replace is not one.
+    return re.sub(r"\$\{?[A-Za-z_]\w*\}?", variables, expr)
+
+
+# A comparison with a number (`> 0.05`, `== 0`): the alert threshold.
+_THRESHOLD = re.compile(r"\s*(?:[<>]=?|[=!]=)\s*(?:bool\s+)?-?\d+(?:\.\d+)?(?![\w.])")
+
+
+def strip_thresholds(expr: str) -> str:
+    """An alert expression without its threshold comparisons: the quantity it watches.
+
+    The quantity exists whenever the pipeline reports the inputs; the alert
+    expression itself is (correctly) empty until the threshold is crossed.
+    """
+    return _THRESHOLD.sub("", expr)

@@ -1,0 +1,389 @@
+"""Fast static checks of the observability configs (no services started).
+
+Covers otel-collector/, jaeger/, prometheus/ and grafana/:
+  * promtool check config / check rules / test rules, amtool check-config;
+  * `otelcol-wabot validate` and `jaeger validate` on the committed configs, and
+    the collector manifest contains exactly the components the config uses;
+  * alert metadata (severity, summary/description/runbook_url, runbook section,
+    a firing and a quiet unit test per alert);
+  * every Grafana panel/target/variable datasource is a provisioned uid;
+  * every PromQL expression in dashboards and rules parses (through promtool)
+    and only uses metric names verified against the collector's exporter.
+
+Binaries are looked up on PATH and in ~/.cache/wabot/bin (built by
+scripts/build-otel-tools.sh). A missing binary is a test FAILURE, never a skip.
+Run: python3 -m pytest tests/observability -q
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.observability.backend import (
+    APT_HINT,
+    BUILD_HINT,
+    COLLECTOR_DIR,
+    PROM_DIR,
+    REPO,
+    find_binary,
+    otelcol_binary,
+)
+from tests.observability.opsfiles import (
+    DATASOURCES,
+    DOCS,
+    dashboard_prom_exprs,
+    grafana_to_promql,
+    iter_panels,
+    load_alert_rules,
+    load_dashboards,
+    provisioned_uids,
+)
+
+TIMEOUT = 60  # seconds, per subprocess
+
+ALERTS = {
+    "HighErrorRate",
+    "WorkerDown",
+    "QueueBacklog",
+    "EndToEndLatencyHigh",
+    "DeadLettersGrowing",
+    "Ingest5xxRateHigh",
+    "MessagesStuck",
+    "TelemetryPipelineDropping",
+}
+RUNBOOK_URL = "https://github.com/OWNER/REPO/blob/main/docs/observability.md#runbook-{}"
+
+# Prometheus names verified by sending the services' instruments through the
+# collector (prometheus exporter, UnderscoreEscapingWithSuffixes) and scraping
+# it; otelcol_* are the collector's self-metrics (no `_total` suffix).
+APP_METRICS = {
+    "http_server_request_duration_seconds",
+    "messaging_client_sent_messages_total",
+    "whatsapp_webhook_events_total",
+    "messaging_client_consumed_messages_total",
+    "messaging_process_duration_seconds",
+    "whatsapp_message_outcomes_total",
+    "whatsapp_message_end_to_end_duration_seconds",
+    "whatsapp_queue_length",
+    "whatsapp_queue_pending",
+    "whatsapp_queue_lag",
+    "whatsapp_queue_dead_letter_length",
+    "whatsapp_instance_resolutions_total",
+    "whatsapp_worker_heartbeat_seconds",
+    "traces_span_metrics_calls_total",
+    "traces_span_metrics_duration_seconds",
+}
+HISTOGRAMS = {
+    "http_server_request_duration_seconds",
+    "messaging_process_duration_seconds",
+    "whatsapp_message_end_to_end_duration_seconds",
+    "traces_span_metrics_duration_seconds",
+}
+COLLECTOR_METRICS = {
+    f"otelcol_{kind}_{signal}"
+    for kind in (
+        "receiver_accepted",
+        "receiver_refused",
+        "receiver_failed",
+        "exporter_sent",
+        "exporter_send_failed",
+        "exporter_enqueue_failed",
+        "processor_memory_limiter_accepted",
+        "processor_memory_limiter_refused",
+    )
+    for signal in ("spans", "metric_points", "log_records")
+} | {
+    "otelcol_exporter_queue_size",
+    "otelcol_exporter_queue_capacity",
+    "otelcol_exporter_in_flight_requests",
+    "otelcol_processor_incoming_items",
+    "otelcol_processor_outgoing_items",
+    "otelcol_processor_batch_batch_send_size_bucket",
+    "otelcol_process_memory_rss",
+    "otelcol_process_runtime_heap_alloc_bytes",
+    "otelcol_process_cpu_seconds",
+    "otelcol_process_uptime",
+}
+PROMETHEUS_METRICS = {"up", "scrape_samples_scraped", "scrape_duration_seconds", "target_info"}
+CHECKED_PREFIXES = ("whatsapp_", "messaging_", "http_server_", "traces_span_metrics_", "otelcol_")
+
+
+# --------------------------------------------------------------- helpers ---
+def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=TIMEOUT, **kwargs
+    )
+    assert proc.returncode == 0, (
+        f"`{' '.join(cmd)}` exited with {proc.returncode}\n"
+        f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
+    return proc
+
+
+# ------------------------------------------------------------ prometheus ---
+def test_promtool_check_config() -> None:
+    promtool = find_binary("promtool", APT_HINT)
+    run([promtool, "check", "config", str(PROM_DIR / "prometheus.yml")])
+
+
+def test_prometheus_targets_are_replaceable_placeholders() -> None:
+    lines = (PROM_DIR / "prometheus.yml").read_text().splitlines()
+    text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    for placeholder in ("otel-collector:8889", "otel-collector:8888", "alertmanager:9093"):
+        assert text.count(f'"{placeholder}"') == 1, placeholder
+
+
+def test_promtool_check_rules() -> None:
+    promtool = find_binary("promtool", APT_HINT)
+    out = run([promtool, "check", "rules", str(PROM_DIR / "alerts.yml")]).stdout
+    assert f"SUCCESS: {len(ALERTS)} rules found" in out, out
+
+
+def test_promtool_rule_unit_tests() -> None:
+    promtool = find_binary("promtool", APT_HINT)
+    run([promtool, "test", "rules", str(PROM_DIR / "alerts.test.yml")])
+
+
+def test_alerts_have_labels_annotations_and_runbooks() -> None:
+    rules = load_alert_rules()
+    assert {r["alert"] for r in rules} == ALERTS
+    docs = DOCS.read_text()
+    assert "\n## Runbook\n" in docs, f"{DOCS} needs a `## Runbook` section"
+    runbook = docs.split("\n## Runbook\n", 1)[1].split("\n## ", 1)[0]
+    for rule in rules:
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in {"critical", "warning"}, name
+        assert rule["labels"].get("service") or "service" in rule["expr"], name
+        ann = rule["annotations"]
+        assert ann["summary"].strip(), name
+        assert ann["description"].strip(), name
+        assert ann["runbook_url"] == RUNBOOK_URL.format(name.lower()), name
+        # GitHub's anchor for "### Runbook: WorkerDown" is #runbook-workerdown.
+        assert f"\n### Runbook: {name}\n" in runbook, f"{DOCS} lacks a runbook for {name}"
+    sections = re.findall(r"^### Runbook: (\w+)$", runbook, re.M)
+    assert sorted(sections) == sorted(ALERTS), f"runbook sections {sections} != alerts"
+
+
+def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
+    doc = yaml.safe_load((PROM_DIR / "alerts.test.yml").read_text())
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for test in doc["tests"]:
+        for case in test.get("alert_rule_test", []):
+            (firing if case.get("exp_alerts") else quiet).add(case["alertname"])
+    assert firing == ALERTS, f"alerts without a firing test: {ALERTS - firing}"
+    assert quiet == ALERTS, f"alerts without a quiet test: {ALERTS - quiet}"
+
+
+# ---------------------------------------------------------- alertmanager ---
+def test_amtool_check_config() -> None:
+    amtool = find_binary("amtool", APT_HINT)
+    run([amtool, "check-config", str(PROM_DIR / "alertmanager.yml")])
+
+
+def test_alertmanager_routing_and_inhibition() -> None:
+    amtool = find_binary("amtool", APT_HINT)
+    cfg = str(PROM_DIR / "alertmanager.yml")
+    for severity in ("critical", "warning"):
+        out = run(
+            [
+                amtool,
+                "config",
+                "routes",
+                "test",
+                f"--config.file={cfg}",
+                f"severity={severity}",
+                "alertname=X",
+                "service=worker",
+            ]
+        ).stdout
+        assert out.strip() == f"webhook-{severity}", out
+    doc = yaml.safe_load(Path(cfg).read_text())
+    assert set(doc["route"]["group_by"]) == {"alertname", "service"}
+    inhibit = doc["inhibit_rules"]
+    assert any(
+        r["source_matchers"] == ['alertname="WorkerDown"']
+        and re.fullmatch(
+            r'alertname=~"(QueueBacklog\|MessagesStuck|MessagesStuck\|QueueBacklog)"',
+            r["target_matchers"][0],
+        )
+        for r in inhibit
+    ), inhibit
+    urls = [w["url"] for r in doc["receivers"] for w in r.get("webhook_configs", [])]
+    assert urls, "no webhook receivers"
+    assert set(urls) == {"http://alert-webhook:9095/alerts"}, urls
+
+
+# ------------------------------------------------------------- collector ---
+def collector_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        OTELCOL_GRPC_ENDPOINT="127.0.0.1:4317",
+        OTELCOL_HTTP_ENDPOINT="127.0.0.1:4318",
+        JAEGER_OTLP_ENDPOINT="127.0.0.1:14317",
+        PROMETHEUS_EXPORTER_ENDPOINT="127.0.0.1:8889",
+        OTELCOL_HEALTH_ENDPOINT="127.0.0.1:13133",
+        OTELCOL_METRICS_HOST="127.0.0.1",
+        OTELCOL_METRICS_PORT="8888",
+        OTELCOL_STORAGE_DIR=str(tmp_path / "storage"),
+        OTELCOL_LOGS_FILE=str(tmp_path / "logs" / "logs.jsonl"),
+    )
+    return env
+
+
+def test_otelcol_validate(tmp_path: Path) -> None:
+    otelcol = otelcol_binary()
+    run(
+        [otelcol, "validate", "--config", str(COLLECTOR_DIR / "config.yaml")],
+        env=collector_env(tmp_path),
+    )
+
+
+def test_otelcol_validate_with_defaults(tmp_path: Path) -> None:
+    """The compose defaults (no env set) must be valid too."""
+    otelcol = otelcol_binary()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OTELCOL_", "JAEGER_", "PROMETHEUS_"))
+    }
+    run([otelcol, "validate", "--config", str(COLLECTOR_DIR / "config.yaml")], env=env)
+
+
+def test_manifest_has_exactly_the_components_the_config_uses() -> None:
+    otelcol = otelcol_binary()
+    built = yaml.safe_load(run([otelcol, "components"]).stdout)
+    config = yaml.safe_load((COLLECTOR_DIR / "config.yaml").read_text())
+    for kind in ("receivers", "processors", "exporters", "connectors", "extensions"):
+        available = {c["name"] for c in built.get(kind) or []}
+        used = {key.split("/")[0] for key in config.get(kind) or {}}
+        assert used == available, (
+            f"{kind}: config uses {sorted(used)}, manifest builds {sorted(available)}"
+        )
+
+
+def test_collector_image_matches_manifest_version() -> None:
+    version = yaml.safe_load((COLLECTOR_DIR / "manifest.yaml").read_text())["dist"]["version"]
+    image = (COLLECTOR_DIR / "IMAGE").read_text().strip()
+    assert image == f"otel/opentelemetry-collector-contrib:{version}"
+
+
+# ---------------------------------------------------------------- jaeger ---
+def test_jaeger_validate() -> None:
+    jaeger = find_binary("jaeger", BUILD_HINT, env_var="JAEGER_BIN")
+    run([jaeger, "validate", "--config", str(REPO / "jaeger" / "config.yaml")])
+
+
+# --------------------------------------------------------------- grafana ---
+def test_grafana_datasources_have_fixed_uids_and_exemplar_link() -> None:
+    doc = yaml.safe_load(DATASOURCES.read_text())
+    by_uid = {ds["uid"]: ds for ds in doc["datasources"]}
+    assert by_uid["prometheus"]["type"] == "prometheus"
+    assert by_uid["jaeger"]["type"] == "jaeger"
+    dests = by_uid["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert {"name": "trace_id", "datasourceUid": "jaeger"}.items() <= dests[0].items()
+
+
+def test_every_dashboard_datasource_is_provisioned() -> None:
+    uids = provisioned_uids()
+    for fname, dash in load_dashboards().items():
+        assert dash.get("description", "").strip(), f"{fname} needs a description"
+        assert dash.get("uid"), fname
+        assert dash.get("title"), fname
+        panels = [p for p in iter_panels(dash["panels"]) if p.get("type") != "row"]
+        assert panels, fname
+        refs = []
+        for panel in panels:
+            refs.append((panel["title"], panel.get("datasource")))
+            refs += [
+                (f"{panel['title']} [{t['refId']}]", t.get("datasource", panel.get("datasource")))
+                for t in panel.get("targets", [])
+            ]
+        refs += [
+            (f"variable {v['name']}", v.get("datasource"))
+            for v in dash.get("templating", {}).get("list", [])
+            if v.get("type") == "query"
+        ]
+        for where, ds in refs:
+            assert isinstance(ds, dict), f"{fname}: {where}: datasource {ds!r}"
+            assert ds.get("uid") in uids, f"{fname}: {where}: datasource {ds!r}"
+            assert ds.get("type") == uids[ds["uid"]], f"{fname}: {where}: datasource {ds!r}"
+        ids = [p["id"] for p in iter_panels(dash["panels"])]
+        assert len(ids) == len(set(ids)), f"{fname}: duplicate panel ids"
+
+
+def test_all_promql_parses(tmp_path: Path) -> None:
+    """Dashboard and alert expressions, checked by promtool as recording rules."""
+    promtool = find_binary("promtool", APT_HINT)
+    exprs = [(w, grafana_to_promql(e)) for w, e in dashboard_prom_exprs()]
+    exprs += [(f"alerts.yml: {r['alert']}", r["expr"]) for r in load_alert_rules()]
+    assert len(exprs) > 20
+    rules = {
+        "groups": [
+            {
+                "name": "expr-check",
+                "rules": [
+                    {"record": f"wabot_expr_check:{i}", "expr": expr}
+                    for i, (_, expr) in enumerate(exprs)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "exprs.rules.yml"
+    path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    proc = subprocess.run(
+        [promtool, "check", "rules", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    if proc.returncode != 0:
+        index = "\n".join(f"  {i}: {where}" for i, (where, _) in enumerate(exprs))
+        pytest.fail(
+            f"promtool rejected expressions:\n{proc.stdout}{proc.stderr}\nrule index:\n{index}"
+        )
+
+
+def test_promql_uses_only_known_metric_names() -> None:
+    known = APP_METRICS | COLLECTOR_METRICS | PROMETHEUS_METRICS
+    known |= {f"{h}_{suffix}" for h in HISTOGRAMS for suffix in ("bucket", "count", "sum")}
+    exprs = [(w, e) for w, e in dashboard_prom_exprs()]
+    exprs += [(f"alerts.yml: {r['alert']}", r["expr"]) for r in load_alert_rules()]
+    for where, expr in exprs:
+        # Drop strings, label matchers and grouping clauses: the identifiers
+        # left are metric names and function names.
+        bare = re.sub(r'"[^"]*"', '""', expr)
+        bare = re.sub(r"\{[^}]*\}", "", bare)
+        bare = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", bare)
+        for name in re.findall(r"\b[a-zA-Z_][a-zA-Z0-9_]*\b", bare):
+            if name.startswith(CHECKED_PREFIXES):
+                assert name in known, f"{where}: unknown metric {name!r}"
+
+
+# ---------------------------------------------------------------- headers ---
+@pytest.mark.parametrize(
+    "relpath",
+    [
+        "otel-collector/manifest.yaml",
+        "otel-collector/config.yaml",
+        "jaeger/config.yaml",
+        "prometheus/prometheus.yml",
+        "prometheus/alerts.yml",
+        "prometheus/alerts.test.yml",
+        "prometheus/alertmanager.yml",
+        "grafana/provisioning/datasources/datasources.yaml",
+        "grafana/provisioning/dashboards/dashboards.yaml",
+    ],
+)
+def test_yaml_files_start_with_a_header_comment(relpath: str) -> None:
+    text = (REPO / relpath).read_text()
+    assert text.startswith("# "), f"{relpath} must start with a `#` comment saying what it is for"
+    yaml.safe_load(text)
