@@ -165,7 +165,7 @@ class Stack:
         ).start()
         self.services.append(svc)
         wait_for(
-            lambda: http_get(self.url("/ready"))[0] == 200 or not svc.alive(),
+            lambda: not svc.alive() or http_get(self.url("/ready"))[0] == 200,
             timeout=30,
             what="ingest /ready",
         )
@@ -188,10 +188,11 @@ class Stack:
         svc.health_url = f"http://127.0.0.1:{port}/health"  # type: ignore[attr-defined]
         self.services.append(svc)
         wait_for(
-            lambda: http_get(svc.health_url)[0] in (200, 503) or not svc.alive(),  # type: ignore[attr-defined]
+            lambda: not svc.alive() or http_get(svc.health_url)[0] in (200, 503),  # type: ignore[attr-defined]
             timeout=30,
             what="worker health endpoint",
         )
+        assert svc.alive(), "worker exited at start-up:\n" + "\n".join(svc.log_lines()[-20:])
         return svc
 
     def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

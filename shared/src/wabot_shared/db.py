@@ -35,14 +35,19 @@ async def open_pool(
         open=False,
         kwargs={"autocommit": True, "application_name": name, "connect_timeout": 5},
         configure=_instrument if traced else None,
-        reconnect_timeout=float("inf"),
+        # psycopg_pool's reconnect backoff doubles without a cap; giving up
+        # after 30 s makes the next request start a fresh attempt (1 s, 2 s, ...)
+        # so recovery after a long outage takes seconds, not as long again.
+        reconnect_timeout=30.0,
         timeout=10.0,
     )
     await pool.open(wait=False)
     return pool
 
 
-async def ping(pool: AsyncConnectionPool[AsyncConnection[TupleRow]], timeout: float) -> None:
-    """Run ``SELECT 1`` on a pooled connection; raises on failure."""
+async def ping(
+    pool: AsyncConnectionPool[AsyncConnection[TupleRow]], timeout: float, query: str = "SELECT 1"
+) -> None:
+    """Run ``query`` (``SELECT 1``) on a pooled connection; raises on failure."""
     async with pool.connection(timeout=timeout) as conn:
-        await conn.execute("SELECT 1")
+        await conn.execute(query.encode())

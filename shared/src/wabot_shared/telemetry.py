@@ -174,8 +174,12 @@ def setup_telemetry(service_name: str, service_version: str, environment: str) -
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
     resource = build_resource(service_name, service_version, environment)
     telemetry = Telemetry(resource=resource)
-
-    tracer_provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER
+    # No SDK atexit hooks: :meth:`Telemetry.shutdown` is the one, bounded flush.
+    # The SDK's own hooks would run after it at interpreter exit and wait up to
+    # 30 s per provider for an unreachable or black-holed endpoint.
+    tracer_provider = TracerProvider(  # sampler from OTEL_TRACES_SAMPLER
+        resource=resource, shutdown_on_exit=False
+    )
     try:
         span_exporter = _exporter("traces")
         if span_exporter is not None:
@@ -192,11 +196,13 @@ def setup_telemetry(service_name: str, service_version: str, environment: str) -
             readers.append(PeriodicExportingMetricReader(metric_exporter))
     except Exception:
         log.exception("metric exporter setup failed; metrics will not be exported")
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=readers, shutdown_on_exit=False
+    )
     metrics.set_meter_provider(meter_provider)
     telemetry.meter_provider = meter_provider
 
-    logger_provider = LoggerProvider(resource=resource)
+    logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
     try:
         log_exporter = _exporter("logs")
         if log_exporter is not None:

@@ -3,7 +3,9 @@
 After a (re)start the loop first walks this consumer's own pending entries (what
 a previous process read but never acknowledged), then reads new ones. A batch
 that hit a transient failure sends the loop back through the pending entries
-after a backoff, so nothing stays pending while the worker is alive. Every
+after a backoff, so nothing stays pending while the worker is alive; one that
+hit a non-transient failure sends it back at once, so the failed entry is
+retried until it succeeds or is dead-lettered after ``MAX_DELIVERIES``. Every
 ``RECLAIM_INTERVAL`` it also takes over entries that other consumers left idle
 for longer than ``RECLAIM_MIN_IDLE_MS`` (a crashed worker's), so they are
 processed without anyone's intervention.
@@ -150,7 +152,10 @@ class Consumer:
                 await self._wait(stop, delay)
                 pending_cursor = "0"
             elif any(o.name == "failed" for o in outcomes):
-                pending_cursor = pending_cursor or "0"
+                # Walk the pending entries again from the start, so a failed
+                # entry is retried (and dead-lettered after MAX_DELIVERIES)
+                # instead of waiting behind the cursor until it is reclaimed.
+                pending_cursor = "0"
                 self.backoff.reset()
             else:
                 self.backoff.reset()

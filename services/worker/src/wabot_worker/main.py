@@ -39,6 +39,9 @@ from wabot_worker.telemetry import WorkerTelemetry
 
 log = logging.getLogger("wabot.worker")
 SERVICE_NAME = "worker"
+# Healthy PostgreSQL = reachable *and* migrated: the table every message is
+# stored in exists (until then messages wait, pending, and /health says why).
+STORE_PROBE = "SELECT 1 FROM healthcare.whatsapp_messages LIMIT 0"
 
 
 def _instrument(enabled: bool) -> None:
@@ -49,9 +52,13 @@ def _instrument(enabled: bool) -> None:
     HTTPXClientInstrumentor().instrument()
 
 
-async def run(settings: WorkerSettings, version: str) -> int:
+def telemetry_flush_budget(settings: WorkerSettings) -> float:
+    """The part of SHUTDOWN_TIMEOUT kept for the final telemetry flush."""
+    return min(5.0, settings.shutdown_timeout / 4)
+
+
+async def run(settings: WorkerSettings, version: str, shutdown: GracefulShutdown) -> int:
     """Run the worker until SIGTERM/SIGINT; returns the exit code."""
-    shutdown = GracefulShutdown()
     shutdown.install(asyncio.get_running_loop())
     started = time.monotonic()
     redis = q.connect(
@@ -94,7 +101,7 @@ async def run(settings: WorkerSettings, version: str) -> int:
                 {
                     "loop": loop_check,
                     "redis": redis.ping,
-                    "postgres": lambda: db.ping(pool, timeout=2.0),
+                    "postgres": lambda: db.ping(pool, timeout=2.0, query=STORE_PROBE),
                 }
             )
 
@@ -113,7 +120,11 @@ async def run(settings: WorkerSettings, version: str) -> int:
             exit_code = 1
         in_flight = consumer.in_flight
         log.info("draining", extra={"in_flight": in_flight, "signal": shutdown.signal_name})
-        budget = max(0.1, settings.shutdown_timeout - shutdown.elapsed() - 1.0)
+        # The budget: drain, then ~1 s of cleanup, then the telemetry flush.
+        budget = max(
+            0.1,
+            settings.shutdown_timeout - shutdown.elapsed() - 1.0 - telemetry_flush_budget(settings),
+        )
         try:
             await asyncio.wait_for(asyncio.shield(consume), budget)
             log.info(
@@ -237,8 +248,11 @@ def main() -> None:
     otel = setup_telemetry(SERVICE_NAME, version, settings.app_env)
     configure_logging(SERVICE_NAME, settings.log_level, otel.logger_provider)
     _instrument(otel.enabled)
+    shutdown = GracefulShutdown()
     try:
-        code = asyncio.run(run(settings, version))
+        code = asyncio.run(run(settings, version, shutdown))
     finally:
-        otel.shutdown(timeout=min(5.0, settings.shutdown_timeout))  # last step
+        # Last step, with what is left of the shutdown budget.
+        left = settings.shutdown_timeout - shutdown.elapsed()
+        otel.shutdown(timeout=max(0.1, min(telemetry_flush_budget(settings), left)))
     raise SystemExit(code)

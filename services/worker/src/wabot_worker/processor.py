@@ -220,7 +220,9 @@ class Processor:
         try:
             failures = await self.queue.count_failure(entry.id)
         except TRANSIENT_ERRORS:
-            return outcome  # counted next time; the entry stays pending either way
+            # Not counted (Redis trouble): the entry stays pending and the loop
+            # backs off before retrying it, instead of retrying it at once.
+            return Outcome("failed", transient=True, error_type=outcome.error_type)
         span.set_attribute("whatsapp.message.failures", failures)
         if failures >= self.settings.max_deliveries:
             return await self._dead_letter(

@@ -1,0 +1,210 @@
+"""Redis or PostgreSQL going away (and coming back) loses nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import WEBHOOK_SECRET, Stack
+from tests.reliability.conftest import (
+    EvolutionLoad,
+    Oracle,
+    QueueView,
+    create_database,
+    health,
+    messages,
+    start_worker,
+    use_database,
+    use_redis,
+    worker_check,
+)
+from tests.support.procs import (
+    REPO,
+    PostgresServer,
+    RedisServer,
+    http_get,
+    run_migrate_cmd,
+    wait_for,
+)
+
+
+def unacknowledged(queue: QueueView) -> int:
+    group = queue.group()
+    return int(group["pending"]) + int(group["lag"])
+
+
+def failing_checks(body: dict[str, Any]) -> set[str]:
+    return {name for name, c in body.get("checks", {}).items() if c.get("status") != "pass"}
+
+
+def test_redis_stopped_and_restarted(
+    own_redis: RedisServer,  # first: torn down after the services
+    stack: Stack,
+    make_load: Callable[..., EvolutionLoad],
+    oracle: Oracle,
+    template: dict[str, Any],
+) -> None:
+    use_redis(stack, own_redis)
+    stack.start_ingest()
+    worker = start_worker(stack)
+    load = make_load(rate=30, count=210).start()
+    wait_for(lambda: len(stack.rows()) >= 30, timeout=20, what="30 rows before the outage")
+
+    own_redis.stop()
+    wait_for(
+        lambda: http_get(stack.url("/ready"))[0] == 503, timeout=10, what="/ready 503 without Redis"
+    )
+    # A webhook that cannot be stored is never answered 2xx.
+    probes = [f"PROBE-{i}-{load.prefix}" for i in range(3)]
+    for message_id in probes:
+        body = json.loads(json.dumps(template))
+        body["data"]["key"]["id"] = message_id
+        resp = httpx.post(
+            stack.url("/webhooks/evolution"),
+            json=body,
+            headers={"x-webhook-secret": WEBHOOK_SECRET},
+            timeout=10,
+        )
+        assert resp.status_code == 503, resp.text
+        assert resp.headers.get("retry-after"), "503 without Retry-After"
+    unavailable = load.outcomes()["503"]
+    wait_for(
+        lambda: load.outcomes()["503"] >= unavailable + 10,
+        timeout=10,
+        what="Evolution to get (and retry) 503s while Redis is down",
+    )
+    status, body = health(worker)
+    assert status == 503
+    assert "redis" in failing_checks(body)
+
+    own_redis.start()  # same port, same AOF: nothing acknowledged is lost
+    wait_for(lambda: http_get(stack.url("/ready"))[0] == 200, timeout=15, what="/ready 200 again")
+    load.finish(timeout=40)
+    oracle.check(load, extra_sent=set(probes))
+    assert not stack.rows("message_id = ANY(%s)", (probes,)), "a 503'd probe was stored"
+    wait_for(lambda: health(worker)[0] == 200, timeout=15, what="worker /health 200 again")
+    assert worker.alive()
+    print(f"\nload: {load.summary()}")
+
+
+def test_postgres_stopped_and_restarted(
+    own_postgres: PostgresServer,  # first: torn down after the services
+    stack: Stack,
+    make_load: Callable[..., EvolutionLoad],
+    oracle: Oracle,
+    queue: QueueView,
+) -> None:
+    use_database(stack, create_database(own_postgres, migrated=True))
+    stack.start_ingest()
+    worker = start_worker(stack)
+    wait_for(lambda: health(worker)[0] == 200, timeout=15, what="worker /health 200")
+    load = make_load(rate=30, count=240).start()
+    wait_for(lambda: len(stack.rows()) >= 30, timeout=20, what="30 rows before the outage")
+
+    own_postgres.stop()
+    wait_for(
+        lambda: health(worker)[0] == 503, timeout=15, what="worker /health 503 without PostgreSQL"
+    )
+    assert "postgres" in failing_checks(health(worker)[1])
+    acked = queue.acked()
+    backlog = unacknowledged(queue)
+    # Nothing is acknowledged while nothing can be stored: the backlog grows (as
+    # pending entries the worker retries, and as entries it has not read yet).
+    wait_for(
+        lambda: unacknowledged(queue) >= backlog + 30,
+        timeout=15,
+        what=f"the unacknowledged backlog to grow beyond {backlog} + 30 while PostgreSQL is down",
+    )
+    assert queue.acked() == acked, "entries acknowledged while PostgreSQL was down"
+    assert queue.pending() >= 1, "the worker holds nothing: is it still reading?"
+    assert not queue.dead_letters(), "an outage dead-lettered a message"
+    assert worker.alive()
+    retries = messages(worker, "transient failures in batch; retrying pending entries")
+    assert retries, "the worker did not back off"
+    print(f"\nduring the outage: acked={acked} backlog {backlog} -> {unacknowledged(queue)}")
+
+    own_postgres.start()
+    wait_for(lambda: health(worker)[0] == 200, timeout=30, what="worker /health 200 again")
+    load.finish(timeout=40)
+    oracle.check(load, timeout=40)
+
+
+# Every migration except the one creating healthcare.whatsapp_instances.
+WITHOUT_INSTANCES_TABLE = ("001_base_schema.sql", "003_whatsapp_messages.sql")
+
+
+def migrate_partially(dsn: str, directory: Path) -> None:
+    directory.mkdir()
+    for name in WITHOUT_INSTANCES_TABLE:
+        shutil.copy(REPO / "migrations" / name, directory / name)
+    result = run_migrate_cmd(dsn, MIGRATIONS_DIR=str(directory))
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_worker_starts_with_postgres_down_then_schema_and_instances_table_missing(
+    own_postgres: PostgresServer,  # first: torn down after the services
+    stack: Stack,
+    make_load: Callable[..., EvolutionLoad],
+    oracle: Oracle,
+    queue: QueueView,
+) -> None:
+    dsn = create_database(own_postgres, migrated=False)  # no tables at all
+    use_database(stack, dsn)
+    own_postgres.stop()
+
+    # 1. PostgreSQL down at start-up: the worker starts and says it is unhealthy.
+    stack.start_ingest()
+    worker = start_worker(stack)
+    assert worker.alive(), "worker exited at start-up:\n" + "\n".join(worker.log_lines()[-20:])
+    status, body = health(worker)
+    assert status == 503
+    assert "postgres" in failing_checks(body)
+    assert worker_check(worker) == 1
+    load = make_load(rate=20, count=80).start()
+    wait_for(lambda: queue.length() >= 10, timeout=15, what="10 messages queued")
+
+    # 2. PostgreSQL back, nothing migrated: still unhealthy (it cannot store
+    #    anything); messages wait, none is acknowledged or dead-lettered.
+    own_postgres.start()
+    wait_for(
+        lambda: health(worker)[1]["checks"]["postgres"].get("error") == "UndefinedTable",
+        timeout=30,
+        what="the worker to reconnect and report the missing table",
+    )
+    assert health(worker)[0] == 503
+    assert worker_check(worker) == 1
+    wait_for(
+        lambda: any(r.get("error.type") == "UndefinedTable" for r in worker.json_logs()),
+        timeout=15,
+        what="the worker to retry messages while the tables are missing",
+    )
+    assert queue.acked() == 0, "a message was acknowledged before it could be stored"
+    assert not queue.dead_letters()
+
+    # 3. Migrated but for the instances table: stored, resolution falls back.
+    migrate_partially(dsn, stack.tmp / "partial-migrations")
+    rows = stack.wait_rows(10, timeout=30)
+    assert {r["resolution"] for r in rows} == {"unresolved"}
+    assert messages(worker, "healthcare.whatsapp_instances is missing"), "fallback not logged"
+    wait_for(lambda: worker_check(worker) == 0, timeout=15, what="`worker --check` to exit 0")
+    assert worker.alive()
+
+    # 4. The full migration ran: the instance table is used from then on.
+    result = run_migrate_cmd(dsn)
+    assert result.returncode == 0, result.stderr + result.stdout
+    load.finish(timeout=30)
+    stack.register_instance(load.template["instance"])
+    later = make_load(rate=20, count=10).start().finish(timeout=30)
+    oracle.check(load, later, timeout=30)
+    resolutions = {
+        r["resolution"] for r in stack.rows() if r["message_id"].startswith(later.prefix)
+    }
+    assert resolutions == {"instance"}
+    assert worker_check(worker) == 0
+    status, body = health(worker)
+    assert status == 200, body

@@ -1,0 +1,129 @@
+"""Poison messages go to the dead-letter stream with their trace context, are
+counted, leave the other messages alone, and can be re-driven."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+
+from tests.conftest import Stack
+from tests.reliability.conftest import (
+    EvolutionLoad,
+    Oracle,
+    QueueView,
+    cumulative,
+    run_worker_cli,
+    start_worker,
+)
+from tests.support.procs import wait_for
+
+MAX_DELIVERIES = 3
+DEAD_LETTER_FIELDS = {"error_type", "deliveries", "original_id", "error", "dead_lettered_at"}
+
+
+def traceparent() -> str:
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def too_deep_payload(message_id: str) -> str:
+    """A webhook body with a valid ``data.key`` whose message content is nested
+    deeper than any JSON parser will go: parsing it fails the same way every time
+    (RecursionError), which is not recognised as "not a message", so it is
+    retried and dead-lettered after MAX_DELIVERIES attempts."""
+    head = json.dumps(
+        {
+            "event": "messages.upsert",
+            "instance": "clinic-sao-paulo",
+            "data": {
+                "key": {
+                    "remoteJid": "5511900000000@s.whatsapp.net",
+                    "fromMe": False,
+                    "id": message_id,
+                }
+            },
+        }
+    )
+    depth = 100_000
+    return head[:-2] + ', "message": ' + "[" * depth + "]" * depth + "}}"
+
+
+def test_poison_messages_are_dead_lettered_counted_and_redriven(
+    stack: Stack, make_load: Callable[..., EvolutionLoad], oracle: Oracle, queue: QueueView
+) -> None:
+    stack.start_ingest()
+    start_worker(stack, MAX_DELIVERIES=str(MAX_DELIVERIES))
+    load = make_load(rate=30, count=60).start()
+
+    poison = {
+        "POISON-NOT-JSON": ("{not json", traceparent()),
+        "POISON-TOO-DEEP": (too_deep_payload("POISON-TOO-DEEP"), traceparent()),
+    }
+    original: dict[str, str] = {}
+    for message_id, (payload, parent) in poison.items():
+        original[message_id] = queue.xadd(
+            {
+                "payload": payload,
+                "event": "messages.upsert",
+                "instance": "clinic-sao-paulo",
+                "message_id": message_id,
+                "traceparent": parent,
+            }
+        )
+    load.finish(timeout=30)
+    oracle.check(load, poison=set(poison))  # the other messages are unaffected
+
+    dead = {f["message_id"]: (dead_id, f) for dead_id, f in queue.dead_letters()}
+    expected = {
+        "POISON-NOT-JSON": ("PoisonMessage", "1"),  # never processable: at once
+        "POISON-TOO-DEEP": ("RecursionError", str(MAX_DELIVERIES)),  # after the retries
+    }
+    for message_id, (error_type, deliveries) in expected.items():
+        fields = dead[message_id][1]
+        assert fields["payload"] == poison[message_id][0], message_id
+        assert fields["traceparent"] == poison[message_id][1], message_id
+        assert fields["error_type"] == error_type, fields
+        assert fields["deliveries"] == deliveries, fields
+        assert fields["original_id"] == original[message_id]
+        assert fields["error"]
+
+    def outcome(name: str) -> float:
+        return cumulative(
+            stack, "whatsapp.message.outcomes", "worker", **{"whatsapp.outcome": name}
+        )
+
+    processed = len(load.accepted_ids)
+    wait_for(
+        lambda: (
+            outcome("dead_lettered") == 2
+            and outcome("failed") == MAX_DELIVERIES - 1
+            and outcome("processed") == processed
+        ),
+        timeout=15,
+        what=f"2 dead_lettered, {MAX_DELIVERIES - 1} failed, {processed} processed outcomes",
+    )
+
+    # Re-drive the unparseable one: it goes back onto the stream, trace context kept.
+    dead_id = dead["POISON-NOT-JSON"][0]
+    result = run_worker_cli(stack, "redrive", "--id", dead_id)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "re-drove 1 message(s)" in result.stdout
+    [moved] = [
+        json.loads(line)["new_ids"]
+        for line in result.stdout.splitlines()
+        if line.startswith("{") and "new_ids" in line
+    ]
+    assert len(moved) == 1
+    redriven = queue.entry(moved[0])
+    assert redriven["traceparent"] == poison["POISON-NOT-JSON"][1]
+    assert redriven["payload"] == poison["POISON-NOT-JSON"][0]
+    assert not DEAD_LETTER_FIELDS & set(redriven)
+    assert dead_id not in {i for i, _ in queue.dead_letters()}
+
+    # Still poison: the worker dead-letters it again, from its new entry.
+    wait_for(
+        lambda: any(f.get("original_id") == moved[0] for _, f in queue.dead_letters()),
+        timeout=15,
+        what="the re-driven entry to be dead-lettered again",
+    )
+    oracle.check(load, poison=set(poison))
