@@ -211,3 +211,45 @@ def test_health_and_ready_report_their_checks(ingest: Stack) -> None:
     status, body = http_get(ingest.url("/ready"))
     assert status == 200
     assert WEBHOOK_SECRET not in body.decode()
+
+
+def test_chunked_oversized_body_is_refused_before_the_rest_is_read(stack: Stack) -> None:
+    """413 arrives while the client is still sending: the server stops reading at the cap."""
+    import socket
+
+    cap = 64 * 1024
+    stack.start_ingest(MAX_BODY_BYTES=str(cap))
+    chunk = b"x" * 16384
+    with socket.create_connection(("127.0.0.1", stack.ingest_port or 0), timeout=10) as sock:
+        sock.sendall(
+            b"POST /webhooks/evolution HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+            + f"X-Webhook-Secret: {WEBHOOK_SECRET}\r\n\r\n".encode()
+        )
+        sent = 0
+        response = b""
+        sock.settimeout(0.05)
+        # Bounded: a server that read everything would let us send 100 MiB.
+        for _ in range(100 * 1024 * 1024 // len(chunk)):
+            try:
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+            try:
+                response = sock.recv(4096)
+            except TimeoutError:
+                continue
+            if response:
+                break
+        sock.settimeout(10)
+        while b"\r\n\r\n" not in response:
+            more = sock.recv(4096)
+            if not more:
+                break
+            response += more
+    assert response.startswith(b"HTTP/1.1 413"), response[:200]
+    # The answer came after at most a few chunks beyond the cap, not after the
+    # whole (100 MiB) body: bytes read are bounded by the cap.
+    assert sent <= cap + 8 * len(chunk), sent
+    assert xlen(stack) == 0
