@@ -122,6 +122,18 @@ def test_one_trace_follows_the_message_across_every_hop(
     assert rows[0]["trace_id"] == trace_id
     assert rows[0]["resolution"] == "instance"
 
+    # The acknowledgement is a Redis client span inside the process span, and
+    # it records the command, never its arguments.
+    redis_spans = [
+        s
+        for s in spans_by_kind(stack, trace_id, {("worker", CLIENT): 4})
+        if s["service"] == "worker" and s["attributes"].get("db.system.name") == "redis"
+    ]
+    assert redis_spans, "no Redis client span for the XACK"
+    assert all(s["parent_span_id"] == process["span_id"] for s in redis_spans)
+    assert any("XACK" in s["name"] for s in redis_spans), [s["name"] for s in redis_spans]
+    assert all(stack.stream not in str(s["attributes"]) for s in redis_spans)
+
     # The reply to Evolution continues the trace, with tracestate and baggage.
     wait_for(lambda: evolution_stub.requests, timeout=10, what="auto-reply request")
     reply = next(

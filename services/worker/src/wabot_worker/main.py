@@ -45,11 +45,20 @@ STORE_PROBE = "SELECT 1 FROM healthcare.whatsapp_messages LIMIT 0"
 
 
 def _instrument(enabled: bool) -> None:
+    """Client spans for the replies (httpx) and for Redis commands.
+
+    Redis spans appear where they tell something: the XACK (and dead-lettering)
+    inside a message's ``process`` span. The polling, heartbeat and health
+    commands run under ``suppress_instrumentation``, or every XREADGROUP would
+    start a trace of its own. Command arguments are never recorded.
+    """
     if not enabled:
         return
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     HTTPXClientInstrumentor().instrument()
+    RedisInstrumentor().instrument()
 
 
 def telemetry_flush_budget(settings: WorkerSettings) -> float:
@@ -66,9 +75,10 @@ async def run(settings: WorkerSettings, version: str, shutdown: GracefulShutdown
     )
     queue = q.StreamQueue(redis, settings.stream_name, settings.consumer_group)
     token = uuid.uuid4().hex
-    consumer_name = await _claim_consumer_name(
-        queue, settings.worker_consumer_name, token, settings
-    )
+    with suppress_instrumentation():
+        consumer_name = await _claim_consumer_name(
+            queue, settings.worker_consumer_name, token, settings
+        )
     if consumer_name != settings.worker_consumer_name:
         settings = settings.model_copy(update={"worker_consumer_name": consumer_name})
     telemetry = WorkerTelemetry(
