@@ -122,6 +122,19 @@ def evolution_stub() -> Iterator[EvolutionStub]:
         stub.stop()
 
 
+def wait_worker_up(svc: Service) -> None:
+    """Until the worker's /health answers (200 or 503) or the worker is gone."""
+
+    def up_or_dead() -> bool:
+        if not svc.alive():
+            return True
+        with contextlib.suppress(OSError):
+            return http_get(svc.health_url)[0] in (200, 503)
+        return False
+
+    wait_for(up_or_dead, timeout=30, what=f"worker {svc.env['WORKER_CONSUMER_NAME']} /health")
+
+
 class Stack:
     """Our services for one test, wired to its own stream and database."""
 
@@ -156,8 +169,9 @@ class Stack:
             "RETRY_BACKOFF_MAX": "1",
         }
 
-    def start_ingest(self, **env: str) -> Service:
-        self.ingest_port = free_port()
+    def start_ingest(self, port: int | None = None, **env: str) -> Service:
+        """Start ingest (on ``port``, e.g. to restart on the same one) and wait for /ready."""
+        self.ingest_port = port or free_port()
         svc = Service(
             "ingest",
             {**self.env, "INGEST_HOST": "127.0.0.1", "INGEST_PORT": str(self.ingest_port), **env},
@@ -167,12 +181,16 @@ class Stack:
         wait_for(
             lambda: not svc.alive() or http_get(self.url("/ready"))[0] == 200,
             timeout=30,
-            what="ingest /ready",
+            what=f"ingest /ready on port {self.ingest_port}",
         )
         assert svc.alive(), "ingest exited at start-up:\n" + "\n".join(svc.log_lines()[-20:])
         return svc
 
-    def start_worker(self, name: str | None = None, **env: str) -> Service:
+    def start_worker(
+        self, name: str | None = None, *, wait: bool = True, must_live: bool = True, **env: str
+    ) -> Service:
+        """Start a worker; with ``wait``, until its /health answers (200 or 503) or it
+        died (``must_live=False`` for fault-injected workers that kill themselves)."""
         port = free_port()
         svc = Service(
             "worker",
@@ -184,15 +202,14 @@ class Stack:
                 **env,
             },
             self.tmp / f"worker-{len(self.services)}.log",
+            health_url=f"http://127.0.0.1:{port}/health",
         ).start()
-        svc.health_url = f"http://127.0.0.1:{port}/health"  # type: ignore[attr-defined]
         self.services.append(svc)
-        wait_for(
-            lambda: not svc.alive() or http_get(svc.health_url)[0] in (200, 503),  # type: ignore[attr-defined]
-            timeout=30,
-            what="worker health endpoint",
-        )
-        assert svc.alive(), "worker exited at start-up:\n" + "\n".join(svc.log_lines()[-20:])
+        if not wait:
+            return svc
+        wait_worker_up(svc)
+        if must_live:
+            assert svc.alive(), "worker exited at start-up:\n" + "\n".join(svc.log_lines()[-20:])
         return svc
 
     def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

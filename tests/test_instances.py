@@ -162,7 +162,7 @@ def test_missing_instances_table_falls_back_without_crashing(
     assert row["resolution"] == "integration"
 
     assert worker.alive(), "\n".join(worker.log_lines()[-20:])
-    status, body = http_get(worker.health_url)  # type: ignore[attr-defined]
+    status, body = http_get(worker.health_url)
     assert status == 200, body
 
     def warned() -> list[dict[str, Any]]:

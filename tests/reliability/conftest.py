@@ -438,64 +438,21 @@ class Oracle:
 
 # --- processes ---------------------------------------------------------------
 def start_ingest(stack: Stack, port: int | None = None, **env: str) -> Service:
-    """Like ``stack.start_ingest`` but on a chosen port (a restart reuses it)."""
-    port = port or free_port()
-    stack.ingest_port = port
-    svc = Service(
-        "ingest",
-        {**stack.env, "INGEST_HOST": "127.0.0.1", "INGEST_PORT": str(port), **env},
-        stack.tmp / f"ingest-{len(stack.services)}.log",
-    ).start()
-    stack.services.append(svc)
-    wait_for(
-        lambda: not svc.alive() or http_get(stack.url("/ready"))[0] == 200,
-        timeout=30,
-        what=f"ingest /ready on port {port}",
-    )
-    assert svc.alive(), "ingest exited at start-up:\n" + "\n".join(svc.log_lines()[-20:])
-    return svc
+    """``stack.start_ingest`` on a chosen port (a restart reuses it)."""
+    return stack.start_ingest(port, **env)
 
 
 def start_worker(
     stack: Stack, name: str | None = None, *, wait: bool = True, **env: str
 ) -> Service:
-    """Like ``stack.start_worker``, but also returns at once if the worker dies
-    during start-up (a fault-injected worker may kill itself before /health)."""
-    port = free_port()
-    svc = Service(
-        "worker",
-        {
-            **stack.env,
-            "WORKER_HEALTH_HOST": "127.0.0.1",
-            "WORKER_HEALTH_PORT": str(port),
-            "WORKER_CONSUMER_NAME": name or f"w-{uuid.uuid4().hex[:6]}",
-            **env,
-        },
-        stack.tmp / f"worker-{len(stack.services)}.log",
-    ).start()
-    svc.health_url = f"http://127.0.0.1:{port}/health"  # type: ignore[attr-defined]
-    stack.services.append(svc)
-    if wait:
-        wait_worker_up(svc)
-    return svc
-
-
-def wait_worker_up(svc: Service) -> None:
-    """Until the worker's /health answers (200 or 503) or the worker is gone."""
-
-    def up_or_dead() -> bool:
-        if not svc.alive():
-            return True
-        with contextlib.suppress(OSError):
-            return http_get(svc.health_url)[0] in (200, 503)  # type: ignore[attr-defined]
-        return False
-
-    wait_for(up_or_dead, timeout=30, what=f"worker {svc.env['WORKER_CONSUMER_NAME']} /health")
+    """``stack.start_worker`` that also returns if the worker dies during start-up
+    (a fault-injected worker may kill itself before /health answers)."""
+    return stack.start_worker(name, wait=wait, must_live=False, **env)
 
 
 def health(svc: Service) -> tuple[int, dict[str, Any]]:
     """The worker's /health status and body."""
-    status, body = http_get(svc.health_url, timeout=5)  # type: ignore[attr-defined]
+    status, body = http_get(svc.health_url, timeout=5)
     return status, json.loads(body or b"{}")
 
 

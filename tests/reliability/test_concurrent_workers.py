@@ -6,14 +6,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from tests.conftest import Stack
+from tests.conftest import Stack, wait_worker_up
 from tests.reliability.conftest import (
     EvolutionLoad,
     Oracle,
     cumulative,
     messages,
     start_worker,
-    wait_worker_up,
 )
 from tests.support.procs import wait_for
 

@@ -214,6 +214,7 @@ class Service:
     env: dict[str, str]
     log_path: Path
     args: list[str] = field(default_factory=list)
+    health_url: str = ""
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Service:
