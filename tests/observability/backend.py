@@ -21,15 +21,15 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.support.httpstub import StubServer
 from tests.support.procs import free_port, http_get, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -433,39 +433,29 @@ class Notification:
 class AlertReceiver:
     """A local stand-in for the chat bridge Alertmanager's webhooks go to."""
 
-    port: int = field(default_factory=free_port)
+    port: int = 0  # set from the server's free port
     received: list[Notification] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        receiver = self
+        self.server = StubServer(self._handle)
+        self.port = self.server.port
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                with receiver.lock:
-                    receiver.received.append(Notification(len(receiver.received), json.loads(body)))
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def _handle(self, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, str, bytes]:
+        with self.lock:
+            self.received.append(Notification(len(self.received), json.loads(body)))
+        return 200, "application/json", b""
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/alerts"
 
     def start(self) -> AlertReceiver:
-        self.thread.start()
+        self.server.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
     def mark(self) -> int:
         """A position; later waits only look at notifications after it."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gzip
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from tests.support.procs import free_port
+from tests.support.httpstub import StubServer
 
 
 def any_value(v: AnyValue) -> Any:
@@ -40,42 +40,30 @@ class OtlpSink:
     """Collects everything exported to ``endpoint``."""
 
     def __init__(self) -> None:
-        self.port = free_port()
         self.spans: list[dict[str, Any]] = []
         self.logs: list[dict[str, Any]] = []
         self.metrics: list[dict[str, Any]] = []
         self.raw: list[bytes] = []
         self.lock = threading.Lock()
-        sink = self
+        self.server = StubServer(self._handle)
+        self.port = self.server.port
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                if self.headers.get("content-encoding") == "gzip":
-                    body = gzip.decompress(body)
-                sink.receive(self.path, body)
-                self.send_response(200)
-                self.send_header("content-type", "application/x-protobuf")
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def _handle(self, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, str, bytes]:
+        if headers.get("content-encoding") == "gzip":
+            body = gzip.decompress(body)
+        self.receive(path, body)
+        return 200, "application/x-protobuf", b""
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> OtlpSink:
-        self.thread.start()
+        self.server.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
     def receive(self, path: str, body: bytes) -> None:
         with self.lock:

@@ -1,0 +1,45 @@
+"""A tiny threaded HTTP server on a free 127.0.0.1 port, for the stand-ins tests
+need (OTLP receiver, Evolution API, Alertmanager's webhook target)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tests.support.procs import free_port
+
+# (path, lower-cased headers, body) -> (status, content type, response body)
+Handler = Callable[[str, Mapping[str, str], bytes], tuple[int, str, bytes]]
+
+
+class StubServer:
+    """Serves POST requests with ``handler`` until :meth:`stop`."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.port = free_port()
+
+        class RequestHandler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status, content_type, payload = handler(self.path, headers, body)
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass  # the tests assert on what was received, not on access logs
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), RequestHandler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
