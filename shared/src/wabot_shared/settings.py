@@ -25,7 +25,7 @@ _PLACEHOLDER_SECRETS = frozenset(
 )
 MIN_SECRET_LENGTH = 16
 
-FaultPoint = Literal["crash_after_read", "crash_before_ack"]
+FaultPoint = Literal["crash_after_read", "crash_before_ack", "hang_processing"]
 
 
 class CommonSettings(BaseSettings):
@@ -129,7 +129,10 @@ class WorkerSettings(QueueSettings):
     reclaim_interval: float = Field(default=15.0, gt=0)
     # Acknowledged entries are kept this long for inspection, then trimmed.
     stream_retention_seconds: int = Field(default=86_400, ge=0)
-    # Test-only hook that makes the process SIGKILL itself at a precise point.
+    # /health fails when the consumer loop made no progress for this long (a
+    # stuck loop); must exceed the longest legitimate batch.
+    worker_stall_seconds: float = Field(default=30.0, gt=0)
+    # Test-only hook: SIGKILL itself at a precise point, or hang while processing.
     fault_injection: FaultPoint | None = None
 
     @field_validator("worker_consumer_name")

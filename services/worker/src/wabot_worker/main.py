@@ -99,7 +99,7 @@ async def run(settings: WorkerSettings, version: str, shutdown: GracefulShutdown
     processor = Processor(settings, pool, queue, telemetry, evolution)
     consumer = Consumer(settings, queue, processor, telemetry)
     maintenance = Maintenance(settings, queue, pool, telemetry, token)
-    stale_after = max(30.0, 3 * settings.worker_block_ms / 1000)
+    stale_after = max(settings.worker_stall_seconds, 3 * settings.worker_block_ms / 1000)
 
     async def loop_check() -> dict[str, Any]:
         age = consumer.loop_age()

@@ -145,6 +145,9 @@ class Processor:
             }
         )
         received_at = datetime.fromtimestamp(entry.enqueued_at_ms / 1000, UTC)
+        if self.settings.fault_injection == "hang_processing":
+            log.warning("fault injection: hanging while processing")
+            await asyncio.Event().wait()  # test-only: a stuck handler
         async with self.pool.connection() as conn:
             resolution = await self.resolver.resolve(conn, message.instance_name)
             span.set_attribute(names.ATTR_RESOLUTION, resolution.source)
