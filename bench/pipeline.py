@@ -147,7 +147,7 @@ def wrk(port: int, seconds: int, connections: int, script: Path) -> dict[str, fl
         check=True,
         timeout=seconds + 60,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 
     def pct(p: str) -> float:

@@ -214,7 +214,7 @@ class Stack:
 
     def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            cur = conn.execute(query, params)  # type: ignore[arg-type]
+            cur = conn.execute(query, params)
             return list(cur.fetchall()) if cur.description else []
 
     def register_instance(self, name: str, table: str = "whatsapp_instances") -> str:

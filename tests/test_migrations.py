@@ -24,7 +24,7 @@ FILES = sorted(p.name for p in (REPO / "migrations").glob("*.sql"))
 # --- helpers -----------------------------------------------------------------
 def sql(dsn: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(query, params)  # type: ignore[arg-type]
+        cur = conn.execute(query, params)
         return list(cur.fetchall()) if cur.description else []
 
 

@@ -330,7 +330,7 @@ class QueueView:
 
     def xadd(self, fields: dict[str, str]) -> str:
         with self.client() as c:
-            return str(c.xadd(self.stack.stream, fields))  # type: ignore[arg-type]
+            return str(c.xadd(self.stack.stream, fields))
 
 
 # --- the oracle ----------------------------------------------------------------

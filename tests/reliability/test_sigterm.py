@@ -47,7 +47,7 @@ def test_worker_sigterm_under_load_five_times_in_a_row(
         worker = start_worker(stack, name="w-restarted", SHUTDOWN_TIMEOUT=str(BUDGET_S))
         stored = len(stack.rows())
         wait_for(
-            lambda stored=stored: len(stack.rows()) > stored,  # type: ignore[misc]
+            lambda stored=stored: len(stack.rows()) > stored,
             timeout=15,
             what=f"worker (round {round_ + 1}) to store messages under load",
         )

@@ -77,7 +77,7 @@ def test_otlp_endpoint_down_or_black_holed(
         loads.append(load)
         # RSS once the load is flowing (the first requests warm caches up).
         wait_for(
-            lambda load=load: load.accepted_count() >= WARM_UP,  # type: ignore[misc]
+            lambda load=load: load.accepted_count() >= WARM_UP,
             timeout=15,
             what=f"{WARM_UP} webhooks accepted",
         )
