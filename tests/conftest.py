@@ -26,7 +26,8 @@ from tests.support.procs import (
     free_port,
     http_get,
     run_migrate_cmd,
-    temp_dir,
+    running_postgres,
+    running_redis,
     wait_for,
 )
 
@@ -50,25 +51,14 @@ def samples() -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    with temp_dir("wabot-redis-") as d:
-        server = RedisServer(port=free_port(), dir=d)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
+    with running_redis() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    with temp_dir("wabot-pg-") as d:
-        server = PostgresServer(port=free_port(), dir=d)
-        server.init()
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
+    with running_postgres() as server:
+        yield server
 
 
 def run_migrate(dsn: str, **env: str) -> Any:
@@ -85,6 +75,7 @@ def template_db(postgres_server: PostgresServer) -> str:
 
 
 def create_db(server: PostgresServer, template: str | None) -> str:
+    """A new database on ``server`` (a copy of ``template`` if given); its name."""
     name = "t_" + uuid.uuid4().hex[:12]
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         tmpl = f" TEMPLATE {template}" if template else ""

@@ -6,7 +6,6 @@ import copy
 import json
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -14,7 +13,7 @@ import pytest
 import redis
 
 from tests.conftest import WEBHOOK_SECRET, Stack
-from tests.support.procs import RedisServer, free_port, temp_dir, wait_for
+from tests.support.procs import running_redis, wait_for
 
 JWT_KEY = "jwt-key-" + secrets.token_hex(16)
 
@@ -154,31 +153,26 @@ def test_oversized_body_is_413(stack: Stack, samples: dict[str, dict[str, Any]])
 def test_redis_down_gives_503_with_retry_after_and_recovers(
     stack: Stack, samples: dict[str, dict[str, Any]]
 ) -> None:
-    with temp_dir("wabot-redis-own-") as d:
-        own = RedisServer(port=free_port(), dir=Path(d))
-        own.start()
-        try:
-            stack.env["REDIS_URL"] = own.url
-            stack.redis = own
-            stack.start_ingest()
-            assert stack.post(samples["messages-upsert-text"]).status_code == 202
-            own.stop()
-            resp = stack.post(samples["messages-upsert-image"])
-            assert resp.status_code == 503, resp.text
-            assert resp.headers["retry-after"] == "5"
-            assert resp.json()["error"] == "unavailable"
-            from tests.support.procs import http_get
+    with running_redis("wabot-redis-own-") as own:
+        stack.env["REDIS_URL"] = own.url
+        stack.redis = own
+        stack.start_ingest()
+        assert stack.post(samples["messages-upsert-text"]).status_code == 202
+        own.stop()
+        resp = stack.post(samples["messages-upsert-image"])
+        assert resp.status_code == 503, resp.text
+        assert resp.headers["retry-after"] == "5"
+        assert resp.json()["error"] == "unavailable"
+        from tests.support.procs import http_get
 
-            assert http_get(stack.url("/ready"))[0] == 503
-            own.start()  # AOF on: the first message is still there
-            wait_for(
-                lambda: stack.post(samples["messages-upsert-image"]).status_code == 202,
-                timeout=20,
-                what="ingest accepting again after Redis came back",
-            )
-            assert xlen(stack) == 2
-        finally:
-            own.stop()
+        assert http_get(stack.url("/ready"))[0] == 503
+        own.start()  # AOF on: the first message is still there
+        wait_for(
+            lambda: stack.post(samples["messages-upsert-image"]).status_code == 202,
+            timeout=20,
+            what="ingest accepting again after Redis came back",
+        )
+        assert xlen(stack) == 2
 
 
 def test_health_and_ready_report_their_checks(ingest: Stack) -> None:

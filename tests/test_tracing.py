@@ -43,9 +43,9 @@ def one(
     return found[0]
 
 
-def test_one_trace_follows_the_message_across_every_hop(
-    stack: Stack, samples: dict[str, dict[str, Any]], evolution_stub: EvolutionStub
-) -> None:
+def start_replying_pipeline(stack: Stack, evolution_stub: EvolutionStub) -> None:
+    """Ingest and a worker that auto-replies through the Evolution stub, for a
+    registered instance (replies are only sent for known instances)."""
     stack.register_instance("clinic-sao-paulo")
     stack.start_ingest()
     stack.start_worker(
@@ -53,6 +53,12 @@ def test_one_trace_follows_the_message_across_every_hop(
         EVOLUTION_API_URL=evolution_stub.url,
         EVOLUTION_API_KEY="evolution-key-" + secrets.token_hex(8),
     )
+
+
+def test_one_trace_follows_the_message_across_every_hop(
+    stack: Stack, samples: dict[str, dict[str, Any]], evolution_stub: EvolutionStub
+) -> None:
+    start_replying_pipeline(stack, evolution_stub)
     header, trace_id, caller_span = traceparent()
     tracestate = "vendor1=opaque-value,wabot=t61rcWkgMzE"
     baggage = "tenant.tier=gold,request.origin=evolution"
@@ -192,13 +198,7 @@ def test_garbage_traceparent_starts_a_new_valid_trace(
 def test_from_me_messages_are_stored_but_never_replied_to(
     stack: Stack, samples: dict[str, dict[str, Any]], evolution_stub: EvolutionStub
 ) -> None:
-    stack.register_instance("clinic-sao-paulo")
-    stack.start_ingest()
-    stack.start_worker(
-        REPLY_ENABLED="true",
-        EVOLUTION_API_URL=evolution_stub.url,
-        EVOLUTION_API_KEY="evolution-key-" + secrets.token_hex(8),
-    )
+    start_replying_pipeline(stack, evolution_stub)
     before = len(evolution_stub.requests)
     mine = stack.post(samples["messages-upsert-from-me"]).json()["trace_id"]
     theirs = stack.post(samples["messages-upsert-group"]).json()["trace_id"]

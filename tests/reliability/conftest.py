@@ -40,7 +40,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import WEBHOOK_SECRET, Stack
+from tests.conftest import WEBHOOK_SECRET, Stack, create_db
 from tests.support.procs import (
     BIN,
     REPO,
@@ -50,7 +50,8 @@ from tests.support.procs import (
     free_port,
     http_get,
     run_migrate_cmd,
-    temp_dir,
+    running_postgres,
+    running_redis,
     wait_for,
 )
 
@@ -623,34 +624,20 @@ def queue(stack: Stack) -> QueueView:
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server (AOF on) only this test uses; it may stop and restart it."""
-    with temp_dir("wabot-rel-redis-") as d:
-        server = RedisServer(port=free_port(), dir=d)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
+    with running_redis("wabot-rel-redis-") as server:
+        yield server
 
 
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL cluster only this test uses; it may stop and restart it."""
-    with temp_dir("wabot-rel-pg-") as d:
-        server = PostgresServer(port=free_port(), dir=d)
-        server.init()
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
+    with running_postgres("wabot-rel-pg-") as server:
+        yield server
 
 
 def create_database(server: PostgresServer, *, migrated: bool) -> str:
     """A new database on ``server`` (migrated with the real ``migrate``); its DSN."""
-    name = "rel_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(server.dsn(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    dsn = server.dsn(name)
+    dsn = server.dsn(create_db(server, None))
     if migrated:
         result = run_migrate_cmd(dsn)
         assert result.returncode == 0, result.stderr + result.stdout

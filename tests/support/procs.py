@@ -277,6 +277,31 @@ def temp_dir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def running_redis(prefix: str = "wabot-redis-") -> Iterator[RedisServer]:
+    """A redis-server on a free port in its own temp dir, stopped on exit."""
+    with temp_dir(prefix) as d:
+        server = RedisServer(port=free_port(), dir=d)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def running_postgres(prefix: str = "wabot-pg-") -> Iterator[PostgresServer]:
+    """A fresh PostgreSQL cluster on a free port in its own temp dir, stopped on exit."""
+    with temp_dir(prefix) as d:
+        server = PostgresServer(port=free_port(), dir=d)
+        server.init()
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
 def run_migrate_cmd(dsn: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run the real ``migrate`` console script against ``dsn``."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
