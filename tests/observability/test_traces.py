@@ -121,12 +121,17 @@ def test_log_records_reach_the_collector_file_with_trace_and_span_ids(
     obs_stack.wait_rows(1)
     span_ids = {s["span_id"] for s in wait_whole_trace(jaeger, trace_id, obs_stack.stream)}
 
+    # Each service exports its records in batches of its own, so an early
+    # worker record can arrive before "message processed": wait for every
+    # record asserted on below, not merely one per service.
+    wanted = {("ingest", "webhook queued"), ("worker", "message processed")}
+
     def records() -> list[dict[str, Any]]:
         mine = [r for r in collector.log_records() if r.get("traceId") == trace_id]
-        services = {r["resource"].get("service.name") for r in mine}
-        return mine if services >= {"ingest", "worker"} else []
+        bodies = {(r["resource"].get("service.name"), r["body"].get("stringValue")) for r in mine}
+        return mine if wanted <= bodies else []
 
-    mine = wait_for(records, timeout=30, what=f"ingest and worker log records of {trace_id}")
+    mine = wait_for(records, timeout=30, what=f"log records {sorted(wanted)} of {trace_id}")
     for record in mine:
         # Each record names the span it was written in, and that span is in Jaeger.
         assert record.get("spanId") in span_ids, record
