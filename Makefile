@@ -3,7 +3,7 @@
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run test lint typecheck unit bench clean
+.PHONY: bootstrap run test test-fast lint typecheck unit bench clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -15,6 +15,10 @@ run: bootstrap
 ## test: install what is missing, then lint, type-check and run every test
 test: bootstrap lint typecheck
 	$(UV) run pytest $(PYTEST_ARGS)
+
+## test-fast: the in-process tests only (tests/unit/, real Redis and PostgreSQL; under a minute)
+test-fast:
+	$(UV) run pytest tests/unit -m "not process" $(PYTEST_ARGS)
 
 lint:
 	$(UV) run ruff check services shared tests bench

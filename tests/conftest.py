@@ -31,6 +31,18 @@ from tests.support.procs import (
     wait_for,
 )
 
+UNIT_DIR = Path(__file__).parent / "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test outside tests/unit/ as ``process`` (see pyproject's markers),
+    by directory, so no test has to remember it and ``make test-fast`` can
+    deselect them all."""
+    for item in items:
+        if UNIT_DIR not in item.path.parents:
+            item.add_marker(pytest.mark.process)
+
+
 SAMPLES_DIR = Path(
     os.environ.get("WABOT_SAMPLES_DIR", REPO.parent / "shared" / "evolution-webhooks")
 )
