@@ -1,4 +1,9 @@
-"""PostgreSQL connection pool with DB-client spans on every statement."""
+"""PostgreSQL connection pool.
+
+No instrumentation is attached: the contrib psycopg instrumentation records
+the database's error messages in spans, and those can quote the data that
+failed. The worker writes its own DB client spans (``wabot_worker.spans``).
+"""
 
 from __future__ import annotations
 
@@ -11,16 +16,8 @@ from psycopg_pool import AsyncConnectionPool
 log = logging.getLogger(__name__)
 
 
-async def _instrument(conn: AsyncConnection[TupleRow]) -> None:
-    # Per-connection instrumentation: only statements made through our pool get
-    # spans, with the SQL text (parameters are never recorded).
-    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
-
-    PsycopgInstrumentor.instrument_connection(conn)
-
-
 async def open_pool(
-    url: str, *, max_size: int, name: str, traced: bool = True
+    url: str, *, max_size: int, name: str
 ) -> AsyncConnectionPool[AsyncConnection[TupleRow]]:
     """Open an autocommit pool without waiting for the database.
 
@@ -34,7 +31,6 @@ async def open_pool(
         name=name,
         open=False,
         kwargs={"autocommit": True, "application_name": name, "connect_timeout": 5},
-        configure=_instrument if traced else None,
         # psycopg_pool's reconnect backoff doubles without a cap; giving up
         # after 30 s makes the next request start a fresh attempt (1 s, 2 s, ...)
         # so recovery after a long outage takes seconds, not as long again.

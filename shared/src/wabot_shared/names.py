@@ -7,22 +7,44 @@ underscores and adds unit and ``_total`` suffixes, so alert rules and dashboards
 refer to the translated names (see ``prometheus/`` and ``grafana/``).
 """
 
+import zlib
 from typing import Final
 
 # --- queue ---------------------------------------------------------------
+# The stream is partitioned by chat: `<stream>:<n>` for n in 0..partitions-1.
+# Each partition is consumed by one worker at a time (a lease), which is what
+# keeps one chat's messages in order across any number of workers.
 DEFAULT_STREAM: Final = "whatsapp:inbound"
 DEFAULT_GROUP: Final = "workers"
+DEFAULT_PARTITIONS: Final = 16
 DEAD_LETTER_SUFFIX: Final = ":dead"
-# Hash of entry id -> count of non-transient processing failures.
+# Per partition stream: hash of entry id -> count of failures that counted.
 FAILURES_SUFFIX: Final = ":failures"
 # One TTL key per live worker (its lease on a consumer name, and its heartbeat).
 WORKER_KEY_INFIX: Final = ":workers:"
+# One TTL key per partition, holding the token of the worker that owns it.
+LEASE_KEY_INFIX: Final = ":leases:"
+
+
+def partition_stream(stream: str, partition: int) -> str:
+    """The Redis key of one partition of ``stream``."""
+    return f"{stream}:{partition}"
+
+
+def partition_of(instance: str, remote_jid: str, partitions: int) -> int:
+    """The partition of a chat; stable across processes, versions and machines."""
+    return zlib.crc32(f"{instance}\n{remote_jid}".encode()) % partitions
+
+
 # A stream entry's fields. Trace context fields are the W3C header names and
 # are written by the propagator itself, never by hand.
 FIELD_PAYLOAD: Final = "payload"
 FIELD_EVENT: Final = "event"
 FIELD_INSTANCE: Final = "instance"
 FIELD_MESSAGE_ID: Final = "message_id"
+FIELD_PARTITION: Final = "partition"
+# Comma-separated codes of what ingest could not read (see wabot_shared.message).
+FIELD_ISSUES: Final = "issues"
 FIELD_ERROR_TYPE: Final = "error_type"
 FIELD_DELIVERIES: Final = "deliveries"
 FIELD_ORIGINAL_ID: Final = "original_id"
@@ -35,8 +57,6 @@ DEAD_LETTER_FIELDS: Final = frozenset(
 MESSAGING_SYSTEM: Final = "redis"
 OP_SEND: Final = "send"
 OP_PROCESS: Final = "process"
-
-EVENT_MESSAGES_UPSERT: Final = "messages.upsert"
 
 
 def send_span_name(stream: str) -> str:
@@ -60,6 +80,12 @@ METRIC_QUEUE_LENGTH: Final = "whatsapp.queue.length"
 METRIC_QUEUE_PENDING: Final = "whatsapp.queue.pending"
 METRIC_QUEUE_LAG: Final = "whatsapp.queue.lag"
 METRIC_DEAD_LETTER_LENGTH: Final = "whatsapp.queue.dead_letter.length"
+# Age of the oldest entry not yet acknowledged (pending or undelivered): the
+# figure that shows a stall whatever the outcome counters say.
+METRIC_QUEUE_OLDEST_AGE: Final = "whatsapp.queue.oldest_age"
+METRIC_PARSE_ISSUES: Final = "whatsapp.webhook.parse_issues"
+METRIC_PARTITIONS_OWNED: Final = "whatsapp.worker.partitions"
+METRIC_MAINTENANCE_FAILURES: Final = "whatsapp.worker.maintenance.failures"
 METRIC_RESOLUTIONS: Final = "whatsapp.instance.resolutions"
 METRIC_HEARTBEAT: Final = "whatsapp.worker.heartbeat"
 METRIC_REPLIES: Final = "whatsapp.reply.sent"

@@ -1,8 +1,9 @@
 """W3C trace context carried in Redis stream entry fields.
 
-The configured global propagator (``OTEL_PROPAGATORS``, default
-``tracecontext,baggage``) writes ``traceparent``, ``tracestate`` and ``baggage``
-as separate entry fields, exactly as it would write HTTP headers.
+A propagator writes ``traceparent`` and ``tracestate`` as separate entry
+fields, exactly as it would write HTTP headers. The services pass the W3C
+trace-context propagator explicitly: baggage from a webhook sender is never
+stored in the stream nor forwarded to Evolution.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Mapping, MutableMapping
 
 from opentelemetry import propagate
 from opentelemetry.context import Context
-from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
 
 
 class StreamFieldsGetter(Getter[Mapping[str, str]]):
@@ -36,9 +37,17 @@ GETTER = StreamFieldsGetter()
 SETTER = StreamFieldsSetter()
 
 
-def inject_into_fields(fields: MutableMapping[str, str], context: Context | None = None) -> None:
-    """Add the current (or given) trace context to ``fields``."""
-    propagate.inject(fields, context=context, setter=SETTER)
+def inject_into_fields(
+    fields: MutableMapping[str, str],
+    context: Context | None = None,
+    propagator: TextMapPropagator | None = None,
+) -> None:
+    """Add the current (or given) trace context to ``fields``, with the given
+    propagator or else the configured global one."""
+    if propagator is not None:
+        propagator.inject(fields, context=context, setter=SETTER)
+    else:
+        propagate.inject(fields, context=context, setter=SETTER)
 
 
 def extract_from_fields(fields: Mapping[str, str]) -> Context:

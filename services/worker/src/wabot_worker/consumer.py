@@ -1,14 +1,15 @@
-"""The consumer loop: read a batch, process it, repeat; back off on outages.
+"""The consumer: read owned partitions into per-chat queues, run chats' rounds.
 
-After a (re)start the loop first walks this consumer's own pending entries (what
-a previous process read but never acknowledged), then reads new ones. A batch
-that hit a transient failure sends the loop back through the pending entries
-after a backoff, so nothing stays pending while the worker is alive; one that
-hit a non-transient failure sends it back at once, so the failed entry is
-retried until it succeeds or is dead-lettered after ``MAX_DELIVERIES``. Every
-``RECLAIM_INTERVAL`` it also takes over entries that other consumers left idle
-for longer than ``RECLAIM_MIN_IDLE_MS`` (a crashed worker's), so they are
-processed without anyone's intervention.
+Two loops share the :class:`~wabot_worker.scheduler.Scheduler`:
+
+* the *reader* first claims each newly owned partition's pending entries, then
+  reads new ones (``XREADGROUP ... >``) from every partition it may read, as
+  long as this worker holds fewer than ``WORKER_MAX_BUFFERED`` entries;
+* the *dispatcher* starts a round for each ready chat, up to
+  ``WORKER_CONCURRENCY`` chats at a time. A round hands a chat's next entries
+  to the pipeline; the chat gets its next round once this one is done, so a
+  chat is never handled twice at once, and a failing or slow chat holds up
+  only itself.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import contextlib
 import logging
 import time
 
-from opentelemetry.instrumentation.utils import suppress_instrumentation
-from redis.exceptions import RedisError
-
+from wabot_shared.failures import classify
 from wabot_shared.queue import StreamEntry, StreamQueue
-from wabot_shared.settings import WorkerSettings
-from wabot_worker.processor import Outcome, Processor
+from wabot_worker.assignment import Assignment
+from wabot_worker.faults import Faults
+from wabot_worker.pipeline import Pipeline, RoundResult, decode
+from wabot_worker.scheduler import ChatQueue, Scheduler, Work
+from wabot_worker.settings import WorkerSettings
 from wabot_worker.telemetry import WorkerTelemetry
 
 log = logging.getLogger("wabot.worker")
@@ -45,137 +47,185 @@ class Backoff:
         self.current = 0.0
 
 
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
+
+
 class Consumer:
-    """Runs the loop until ``stop`` is set, then returns after the current batch."""
+    """Runs the reader and the dispatcher until told to stop."""
 
     def __init__(
         self,
         settings: WorkerSettings,
+        *,
         queue: StreamQueue,
-        processor: Processor,
+        assignment: Assignment,
+        pipeline: Pipeline,
         telemetry: WorkerTelemetry,
+        faults: Faults,
     ) -> None:
         self.settings = settings
         self.queue = queue
-        self.processor = processor
+        self.assignment = assignment
+        self.pipeline = pipeline
         self.telemetry = telemetry
-        self.consumer = settings.worker_consumer_name
+        self.faults = faults
+        self.scheduler = Scheduler()
+        self.consumer = assignment.consumer
         self.backoff = Backoff(settings.retry_backoff_initial, settings.retry_backoff_max)
-        self.in_flight = 0
+        self.rounds: set[asyncio.Task[None]] = set()
+        self.changed = asyncio.Event()  # something to dispatch, or room to read
         self.last_iteration = time.monotonic()
-        self.group_ready = False
-        self.next_reclaim = 0.0  # at start-up, then every reclaim_interval
-        self.reclaim_cursor = "0-0"
+        self._claim_cursors: dict[int, str] = {}
+        self._held: set[tuple[int, str]] = set()
+        # True once a read found nothing new and nothing is held (burst mode).
+        self.drained = False
 
-    async def _read(self, pending_cursor: str | None) -> list[StreamEntry]:
-        with suppress_instrumentation():  # polling is not part of any message's trace
-            if not self.group_ready:
-                await self.queue.ensure_group()
-                self.group_ready = True
-            if pending_cursor is None and time.monotonic() >= self.next_reclaim:
-                reclaimed = await self._reclaim()
-                if reclaimed:
-                    return reclaimed
-            if pending_cursor is not None:
-                return await self.queue.read(
-                    self.consumer,
-                    self.settings.worker_batch_size,
-                    None,
-                    pending=True,
-                    start=pending_cursor,
-                )
-            return await self.queue.read(
-                self.consumer,
-                self.settings.worker_batch_size,
-                self.settings.worker_block_ms,
-                pending=False,
-            )
+    # --- reading -------------------------------------------------------------
+    def _accept(self, entries: list[StreamEntry], readable: set[int]) -> int:
+        added = 0
+        for entry in entries:
+            key = (entry.partition, entry.id)
+            # Entries of a partition given up meanwhile stay pending for its
+            # next owner; an entry already held (re-claimed) is not queued twice.
+            if entry.partition not in readable or key in self._held:
+                continue
+            self._held.add(key)
+            self.scheduler.add(decode(entry))
+            added += 1
+        if added:
+            self.changed.set()
+        return added
 
-    async def _reclaim(self) -> list[StreamEntry]:
-        settings = self.settings
-        self.reclaim_cursor, entries = await self.queue.claim_idle(
-            self.consumer,
-            settings.reclaim_min_idle_ms,
-            settings.worker_batch_size,
-            self.reclaim_cursor,
+    async def _claim_one(self, partition: int, room: int) -> None:
+        cursor = self._claim_cursors.get(partition, "0-0")
+        cursor, entries = await self.queue.claim_pending(
+            partition, self.consumer, min(room, self.settings.batch_size), cursor
         )
-        if self.reclaim_cursor == "0-0":  # scanned the whole pending list
-            self.next_reclaim = time.monotonic() + settings.reclaim_interval
         if entries:
-            log.warning(
-                "reclaimed %d entries left idle by other consumers",
-                len(entries),
-                extra={"reclaimed": len(entries)},
+            log.info(
+                "claimed pending entries of a partition taken over",
+                extra={"partition": partition, "entries": len(entries)},
             )
-        return entries
+        self._accept(entries, self.assignment.owned - self.assignment.releasing)
+        if cursor == "0-0":
+            self._claim_cursors.pop(partition, None)
+            self.assignment.claimed(partition)
+        else:
+            self._claim_cursors[partition] = cursor
 
-    async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """The loop; returns once ``stop`` is set and the current batch is done."""
-        pending_cursor: str | None = "0"
-        log.info(
-            "consumer started",
-            extra={
-                "messaging.client.id": self.consumer,
-                "messaging.consumer.group.name": self.queue.group,
-            },
-        )
+    async def read_loop(self, stop: asyncio.Event) -> None:
+        """Fill the scheduler until ``stop`` is set."""
+        block_s = self.settings.block_ms / 1000
         while not stop.is_set():
             self.tick()
+            room = self.settings.max_buffered - self.scheduler.size
+            if room <= 0:
+                self.changed.clear()
+                await _wait(self.changed, block_s)
+                continue
             try:
-                entries = await self._read(pending_cursor)
-            except (RedisError, OSError) as exc:
+                unclaimed = sorted(self.assignment.unclaimed - self.assignment.releasing)
+                if unclaimed:
+                    await self._claim_one(unclaimed[0], room)
+                    continue
+                readable = self.assignment.readable()
+                if not readable:
+                    await _wait(stop, block_s)
+                    continue
+                entries = await self.queue.read_new(
+                    self.consumer,
+                    readable,
+                    min(room, self.settings.batch_size),
+                    self.settings.block_ms,
+                )
+            except Exception as exc:
+                failure = classify(exc)
                 delay = self.backoff.next()
                 log.warning(
                     "redis unavailable (%s); retrying in %.1fs",
-                    type(exc).__name__,
+                    failure.error_type,
                     delay,
-                    extra={"error.type": type(exc).__name__},
+                    extra={"error.type": failure.error_type},
                 )
-                await self._wait(stop, delay)
-                pending_cursor = "0"
+                await _wait(stop, delay)
                 continue
-            if pending_cursor is not None:
-                if not entries:
-                    pending_cursor = None  # own backlog done: switch to new entries
-                    continue
-                pending_cursor = entries[-1].id
-            if not entries:
-                continue
-            outcomes = await self._process_batch(entries)
-            if any(o.transient for o in outcomes):
-                delay = self.backoff.next()
-                log.warning("transient failures in batch; retrying pending entries in %.1fs", delay)
-                await self._wait(stop, delay)
-                pending_cursor = "0"
-            elif any(o.name == "failed" for o in outcomes):
-                # Walk the pending entries again from the start, so a failed
-                # entry is retried (and dead-lettered after MAX_DELIVERIES)
-                # instead of waiting behind the cursor until it is reclaimed.
-                pending_cursor = "0"
-                self.backoff.reset()
-            else:
-                self.backoff.reset()
-        log.info("consumer stopped reading", extra={"in_flight": self.in_flight})
+            self.backoff.reset()
+            if entries:
+                self.telemetry.consumed(len(entries))
+                self.faults.crash_at("crash_after_read")
+                self._accept(entries, set(self.assignment.readable()))
+            self.drained = not entries and self.scheduler.size == 0 and not self.rounds
+        log.info("consumer stopped reading", extra={"in_flight": len(self.rounds)})
 
-    async def _process_batch(self, entries: list[StreamEntry]) -> list[Outcome]:
-        self.telemetry.consumed(len(entries))
-        self.processor.fault("crash_after_read")
-        self.in_flight = len(entries)
-        try:
-            return list(await asyncio.gather(*(self.processor.process(e) for e in entries)))
-        finally:
-            self.in_flight = 0
+    # --- dispatching -----------------------------------------------------------
+    async def dispatch_loop(self, stop: asyncio.Event) -> None:
+        """Start rounds for ready chats until ``stop`` is set."""
+        scheduler = self.scheduler
+        while not stop.is_set():
             self.tick()
+            scheduler.wake(time.monotonic())
+            while len(self.rounds) < self.settings.concurrency:
+                item = scheduler.take(self.settings.chat_batch_size)
+                if item is None:
+                    break
+                chat, works = item
+                task = asyncio.create_task(self._round(chat, works))
+                self.rounds.add(task)
+                task.add_done_callback(self.rounds.discard)
+            wake_at = scheduler.next_wake()
+            timeout = self.settings.block_ms / 1000
+            if wake_at is not None:
+                timeout = max(0.001, min(timeout, wake_at - time.monotonic()))
+            self.changed.clear()
+            if scheduler.has_ready and len(self.rounds) < self.settings.concurrency:
+                continue
+            await _wait(self.changed, timeout)
+
+    async def _round(self, chat: ChatQueue, works: list[Work]) -> None:
+        try:
+            result = await self.pipeline.run_round(works)
+        except Exception as exc:  # a bug: never lose the chat over it
+            failure = classify(exc)
+            log.error(
+                "round failed unexpectedly (%s); retrying",
+                failure.error_type,
+                extra={"error.type": failure.error_type},
+                exc_info=True,
+            )
+            result = RoundResult(0, time.monotonic() + self.settings.retry_backoff_max)
+        for work in works[: result.completed]:
+            self._held.discard((work.entry.partition, work.entry.id))
+        self.scheduler.finish(chat, result.completed, result.retry_at)
+        self.tick()
+        self.changed.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for the running rounds; True if they all finished in time."""
+        if not self.rounds:
+            return True
+        _, pending = await asyncio.wait(set(self.rounds), timeout=timeout)
+        return not pending
+
+    def drop_partition(self, partition: int) -> None:
+        """Forget what is queued of ``partition`` (it is someone else's now)."""
+        self._claim_cursors.pop(partition, None)
+        dropped = self.scheduler.drop_partition(partition)
+        self._held = {key for key in self._held if key[0] != partition} | {
+            (w.entry.partition, w.entry.id) for w in self.scheduler.works()
+        }
+        if dropped:
+            log.info(
+                "left entries of a partition given up pending for its next owner",
+                extra={"partition": partition, "entries": dropped},
+            )
 
     def tick(self) -> None:
-        """Record that the loop is alive (health check and heartbeat gauge)."""
+        """Record that the loops are alive (health check and heartbeat gauge)."""
         self.last_iteration = time.monotonic()
         self.telemetry.heartbeat = time.time()
 
     def loop_age(self) -> float:
-        """Seconds since the loop last made progress."""
+        """Seconds since the loops last made progress."""
         return time.monotonic() - self.last_iteration

@@ -2,9 +2,14 @@
 
 Lookup order: ``healthcare.whatsapp_instances`` → the legacy
 ``healthcare.integrations`` rows of type ``whatsapp`` → the
-``WHATSAPP_DEFAULT_INSTANCE`` setting. Each fallback is logged and counted; a
-missing table is a fallback, never a crash, and an unknown instance still gets
-its message stored (as ``unresolved``).
+``WHATSAPP_DEFAULT_INSTANCE`` setting. Each fallback is counted for every
+message and logged once per instance and interval; a missing table is a
+fallback, never a crash, and an unknown instance still gets its message stored
+(as ``unresolved``).
+
+Results are cached per instance name for ``WORKER_INSTANCE_CACHE_SECONDS``
+(the tables change rarely, and a lookup per message was most of a message's
+database time); :meth:`InstanceResolver.invalidate` drops the cache.
 """
 
 from __future__ import annotations
@@ -17,21 +22,24 @@ from typing import Literal
 
 from psycopg import AsyncConnection, errors
 from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger("wabot.worker.instances")
 
 Source = Literal["instance", "integration", "default", "unresolved"]
 
 _BY_INSTANCE = (
-    "SELECT id, organization_id, clinic_id FROM healthcare.whatsapp_instances "
+    "SELECT id, organization_id, clinic_id, status FROM healthcare.whatsapp_instances "
     "WHERE instance_name = %s"
 )
 _BY_INTEGRATION = (
-    "SELECT NULL::uuid, organization_id, clinic_id FROM healthcare.integrations "
+    "SELECT NULL::uuid, organization_id, clinic_id, 'active' FROM healthcare.integrations "
     "WHERE type = 'whatsapp' AND config ->> 'instance_name' = %s "
     "ORDER BY created_at, id LIMIT 1"
 )
-_MISSING_TABLE_LOG_INTERVAL_S = 60.0
+_LOG_INTERVAL_S = 60.0
+
+_Row = tuple[uuid.UUID | None, uuid.UUID | None, uuid.UUID | None, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,61 +51,97 @@ class Resolution:
     instance_id: uuid.UUID | None = None
     organization_id: uuid.UUID | None = None
     clinic_id: uuid.UUID | None = None
+    status: str = "active"
 
 
 class InstanceResolver:
-    """Resolves instance names on a pooled (autocommit) connection."""
+    """Resolves instance names through a cache in front of the pool."""
 
-    def __init__(self, default_instance: str | None) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[TupleRow]],
+        default_instance: str | None,
+        cache_seconds: float,
+    ) -> None:
+        self.pool = pool
         self.default_instance = default_instance
-        self._missing_logged: dict[str, float] = {}
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Resolution]] = {}
+        self._logged: dict[tuple[str, str], float] = {}
 
-    def _missing_table(self, table: str) -> None:
+    def invalidate(self) -> None:
+        """Forget every cached resolution (the instance tables changed)."""
+        self._cache.clear()
+
+    def _once(self, kind: str, name: str) -> bool:
+        # One line per instance and interval: a busy unregistered instance
+        # used to write the same WARNING for every one of its messages.
         now = time.monotonic()
-        if now - self._missing_logged.get(table, -1e9) >= _MISSING_TABLE_LOG_INTERVAL_S:
-            self._missing_logged[table] = now
-            log.warning(
-                "table %s is missing; falling back (run `migrate`)",
-                table,
-                extra={"db.collection.name": table},
-            )
+        if now - self._logged.get((kind, name), -1e9) < _LOG_INTERVAL_S:
+            return False
+        if len(self._logged) > 10_000:
+            self._logged.clear()
+        self._logged[(kind, name)] = now
+        return True
 
     async def _lookup(
         self, conn: AsyncConnection[TupleRow], query: str, name: str, table: str
-    ) -> tuple[uuid.UUID | None, uuid.UUID | None, uuid.UUID | None] | None:
+    ) -> _Row | None:
         try:
-            # A savepoint-free autocommit statement: a missing table only fails this query.
             row = await (await conn.execute(query, (name,))).fetchone()
         except errors.UndefinedTable:
-            self._missing_table(table)
+            if self._once("missing", table):
+                log.warning(
+                    "table %s is missing; falling back (run `migrate`)",
+                    table,
+                    extra={"db.collection.name": table},
+                )
             return None
         if row is None:
             return None
-        return row[0], row[1], row[2]
+        return row[0], row[1], row[2], str(row[3])
 
-    async def resolve(self, conn: AsyncConnection[TupleRow], name: str) -> Resolution:
+    async def resolve(self, name: str) -> Resolution:
         """Resolve ``name``; database outages propagate (they are transient)."""
+        now = time.monotonic()
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self.pool.connection() as conn:
+            resolution = await self._resolve(conn, name)
+        if self.cache_seconds > 0:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[name] = (now + self.cache_seconds, resolution)
+        return resolution
+
+    async def _resolve(self, conn: AsyncConnection[TupleRow], name: str) -> Resolution:
         row = await self._lookup(conn, _BY_INSTANCE, name, "healthcare.whatsapp_instances")
         if row is not None:
             return Resolution("instance", name, *row)
         row = await self._lookup(conn, _BY_INTEGRATION, name, "healthcare.integrations")
         if row is not None:
-            log.info(
-                "instance resolved from integrations (fallback)",
-                extra={"whatsapp.instance.name": name, "whatsapp.resolution": "integration"},
-            )
+            if self._once("integration", name):
+                log.info(
+                    "instance resolved from integrations (fallback)",
+                    extra={"whatsapp.instance.name": name, "whatsapp.resolution": "integration"},
+                )
             return Resolution("integration", name, *row)
         if self.default_instance:
             found = await self._lookup(
                 conn, _BY_INSTANCE, self.default_instance, "healthcare.whatsapp_instances"
             )
-            log.info(
-                "instance not registered; using WHATSAPP_DEFAULT_INSTANCE (fallback)",
-                extra={"whatsapp.instance.name": name, "whatsapp.resolution": "default"},
+            if self._once("default", name):
+                log.info(
+                    "instance not registered; using WHATSAPP_DEFAULT_INSTANCE (fallback)",
+                    extra={"whatsapp.instance.name": name, "whatsapp.resolution": "default"},
+                )
+            return Resolution(
+                "default", self.default_instance, *(found or (None, None, None, "active"))
             )
-            return Resolution("default", self.default_instance, *(found or (None, None, None)))
-        log.warning(
-            "instance not registered anywhere; storing message as unresolved",
-            extra={"whatsapp.instance.name": name, "whatsapp.resolution": "unresolved"},
-        )
+        if self._once("unresolved", name):
+            log.warning(
+                "instance not registered anywhere; storing its messages as unresolved",
+                extra={"whatsapp.instance.name": name, "whatsapp.resolution": "unresolved"},
+            )
         return Resolution("unresolved")

@@ -1,81 +1,267 @@
-"""Idempotent storage of processed messages."""
+"""Idempotent storage of messages, with group commit.
+
+Chats hand their rounds (a chat's next messages, in order) to the store; a
+flusher writes everything handed in meanwhile in one transaction, one round
+trip (psycopg pipeline mode), so thousands of chats cost a few commits rather
+than one each. A failed transaction is replayed round by round, each row in
+its own transaction and stopping at a round's first failure, so one bad row
+fails only its own message and never lets a chat's later message be stored
+before it. When the replay's first attempt fails alike with a transient error
+the database is down, and every round fails at once, without waiting for each.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.semconv.attributes import db_attributes as db
+from opentelemetry.util.types import AttributeValue
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
-from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 
+from wabot_shared.failures import Failure, classify
+from wabot_shared.message import Message
 from wabot_worker.instances import Resolution
-from wabot_worker.message import InboundMessage, without_nul
+from wabot_worker.spans import record_children
 
-_INSERT = """
-INSERT INTO healthcare.whatsapp_messages (
+log = logging.getLogger("wabot.worker.store")
+
+TABLE = "healthcare.whatsapp_messages"
+_INSERT = f"""
+INSERT INTO {TABLE} (
     instance_name, remote_jid, from_me, message_id, participant, push_name,
     message_type, text_body, raw_payload, message_timestamp, resolution,
     resolved_instance, instance_id, organization_id, clinic_id, trace_id,
-    stream_id, received_at
-) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    stream_id, received_at, parse_issues
+) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (instance_name, remote_jid, from_me, message_id) DO NOTHING
 RETURNING id
 """
-
-# Throttled so a busy instance does not rewrite its row on every message.
-_TOUCH_INSTANCE = """
-UPDATE healthcare.whatsapp_instances SET last_seen_at = now()
-WHERE id = %s AND (last_seen_at IS NULL OR last_seen_at < now() - interval '30 seconds')
-"""
+_INSERT_SPAN = f"INSERT {TABLE}"
 
 
-def _json_safe(node: Any) -> Any:
-    if isinstance(node, str):
-        return without_nul(node)
-    if isinstance(node, dict):
-        return {without_nul(str(k)): _json_safe(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_json_safe(v) for v in node]
-    return node
+@dataclass(slots=True)
+class Row:
+    """One message to store, with what was learnt while handling it."""
 
+    message: Message
+    raw_json: str
+    resolution: Resolution
+    trace_id: str | None
+    stream_id: str
+    received_at: datetime
+    span: trace.Span
 
-async def insert_message(
-    conn: AsyncConnection[TupleRow],
-    message: InboundMessage,
-    resolution: Resolution,
-    *,
-    trace_id: str | None,
-    stream_id: str,
-    received_at: datetime,
-) -> bool:
-    """Insert one message in its own transaction; False if it was already stored."""
-    async with conn.transaction():
-        cursor = await conn.execute(
-            _INSERT,
-            (
-                message.instance_name,
-                message.remote_jid,
-                message.from_me,
-                message.message_id,
-                message.participant,
-                message.push_name,
-                message.message_type,
-                message.text_body,
-                # jsonb cannot hold U+0000 either (the JSON escape is how it arrives).
-                Jsonb(_json_safe(message.raw) if "\\u0000" in message.raw_json else message.raw),
-                message.message_timestamp,
-                resolution.source,
-                resolution.instance_name,
-                resolution.instance_id,
-                resolution.organization_id,
-                resolution.clinic_id,
-                trace_id,
-                stream_id,
-                received_at,
-            ),
+    def params(self) -> tuple[Any, ...]:
+        m, r = self.message, self.resolution
+        return (
+            m.instance,
+            m.remote_jid,
+            m.from_me,
+            m.message_id,
+            m.participant,
+            m.push_name,
+            m.message_type,
+            m.text,
+            self.raw_json,
+            m.timestamp,
+            r.source,
+            r.instance_name,
+            r.instance_id,
+            r.organization_id,
+            r.clinic_id,
+            self.trace_id,
+            self.stream_id,
+            self.received_at,
+            sorted(m.issues),
         )
-        inserted = await cursor.fetchone() is not None
-        if inserted and resolution.instance_id is not None:
-            await conn.execute(_TOUCH_INSTANCE, (resolution.instance_id,))
-    return inserted
+
+
+@dataclass(slots=True)
+class Written:
+    """The outcome of one round: rows ``inserted`` (False = already stored)
+    for the committed prefix, then the failure of the next row, if any."""
+
+    inserted: list[bool]
+    failure: Failure | None = None
+
+
+@dataclass(slots=True)
+class _Round:
+    rows: list[Row]
+    done: asyncio.Future[Written] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class MessageStore:
+    """Group-committing writer of message rows; run :meth:`run` as a task."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[TupleRow]],
+        tracer: trace.Tracer,
+        db_attributes: dict[str, AttributeValue],
+        max_rows: int,
+        flushers: int = 2,
+    ) -> None:
+        self.pool = pool
+        self.tracer = tracer
+        self.max_rows = max_rows
+        self.flushers = flushers
+        self._attrs = {
+            **db_attributes,
+            db.DB_OPERATION_NAME: "INSERT",
+            db.DB_COLLECTION_NAME: TABLE,
+            db.DB_QUERY_SUMMARY: _INSERT_SPAN,
+        }
+        self._queue: deque[_Round] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        # Instances that received messages; the maintenance task touches their
+        # last_seen_at in one statement instead of once per message.
+        self.seen_instances: set[uuid.UUID] = set()
+        self.last_commit = time.monotonic()
+
+    async def write(self, rows: list[Row]) -> Written:
+        """Store one round of a chat's rows, in order; never raises."""
+        if not rows:
+            return Written([])
+        round_ = _Round(rows)
+        self._queue.append(round_)
+        self._wakeup.set()
+        return await round_.done
+
+    async def run(self) -> None:
+        """Flush until :meth:`close`; several flushers overlap round trips."""
+        await asyncio.gather(*(self._flusher() for _ in range(self.flushers)))
+
+    def close(self) -> None:
+        """Stop once everything handed in is written."""
+        self._closing = True
+        self._wakeup.set()
+
+    async def _flusher(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            rounds: list[_Round] = []
+            count = 0
+            while self._queue and (not rounds or count + len(self._queue[0].rows) <= self.max_rows):
+                round_ = self._queue.popleft()
+                rounds.append(round_)
+                count += len(round_.rows)
+            await self._flush(rounds)
+
+    async def _flush(self, rounds: list[_Round]) -> None:
+        rows = [row for round_ in rounds for row in round_.rows]
+        started = time.time_ns()
+        try:
+            inserted = await self._insert_all(rows)
+        except Exception as exc:
+            failure = classify(exc)
+            log.warning(
+                "batch insert failed; retrying row by row",
+                extra={
+                    "error.type": failure.error_type,
+                    "db.response.status_code": failure.code,
+                    "db.operation.batch.size": len(rows),
+                },
+            )
+            await self._replay(rounds)
+            return
+        ended = time.time_ns()
+        attrs = dict(self._attrs)
+        if len(rows) > 1:
+            attrs[db.DB_OPERATION_BATCH_SIZE] = len(rows)
+        record_children(
+            self.tracer, (r.span for r in rows), _INSERT_SPAN, attrs, start_ns=started, end_ns=ended
+        )
+        self._committed(rows, inserted)
+        offset = 0
+        for round_ in rounds:
+            n = len(round_.rows)
+            _resolve(round_, Written(inserted[offset : offset + n]))
+            offset += n
+
+    async def _insert_all(self, rows: list[Row]) -> list[bool]:
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(_INSERT, [r.params() for r in rows], returning=True)
+            inserted: list[bool] = []
+            while True:
+                inserted.append(await cur.fetchone() is not None)
+                if not cur.nextset():
+                    break
+        return inserted
+
+    async def _insert_one(self, row: Row) -> bool:
+        started = time.time_ns()
+        try:
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(_INSERT, row.params())
+                inserted = await cursor.fetchone() is not None
+        except Exception as exc:
+            failure = classify(exc)
+            record_children(
+                self.tracer,
+                [row.span],
+                _INSERT_SPAN,
+                self._attrs,
+                start_ns=started,
+                end_ns=time.time_ns(),
+                failure=failure,
+            )
+            raise
+        record_children(
+            self.tracer,
+            [row.span],
+            _INSERT_SPAN,
+            self._attrs,
+            start_ns=started,
+            end_ns=time.time_ns(),
+        )
+        self._committed([row], [inserted])
+        return inserted
+
+    async def _replay(self, rounds: list[_Round]) -> None:
+        any_success = False
+        for index, round_ in enumerate(rounds):
+            inserted: list[bool] = []
+            failure: Failure | None = None
+            for row in round_.rows:
+                try:
+                    inserted.append(await self._insert_one(row))
+                    any_success = True
+                except Exception as exc:
+                    failure = classify(exc)
+                    break
+            if failure is not None and failure.transient and not any_success:
+                # Down for this row as for the batch: an outage, not one bad row.
+                for rest in rounds[index:]:
+                    _resolve(rest, Written([] if rest is not round_ else inserted, failure))
+                return
+            _resolve(round_, Written(inserted, failure))
+
+    def _committed(self, rows: list[Row], inserted: list[bool]) -> None:
+        self.last_commit = time.monotonic()
+        for row, new in zip(rows, inserted, strict=True):
+            if new and row.resolution.instance_id is not None:
+                self.seen_instances.add(row.resolution.instance_id)
+
+
+def _resolve(round_: _Round, written: Written) -> None:
+    if not round_.done.done():
+        round_.done.set_result(written)

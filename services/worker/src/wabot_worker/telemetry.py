@@ -56,20 +56,48 @@ class WorkerTelemetry:
         self._replies = meter.create_counter(
             names.METRIC_REPLIES, unit="{message}", description="Automatic replies by outcome"
         )
+        self._maintenance = meter.create_counter(
+            names.METRIC_MAINTENANCE_FAILURES,
+            unit="{failure}",
+            description="Failed steps of the worker's periodic maintenance",
+        )
         self.queue_stats: QueueStats | None = None
         self.heartbeat: float = time.time()
-        for name, field, description in (
-            (names.METRIC_QUEUE_LENGTH, "length", "Entries in the stream (XLEN)"),
-            (names.METRIC_QUEUE_PENDING, "pending", "Entries delivered but not acknowledged"),
-            (names.METRIC_QUEUE_LAG, "lag", "Entries not yet delivered to the group"),
-            (names.METRIC_DEAD_LETTER_LENGTH, "dead_letters", "Entries in the dead-letter stream"),
+        self.partitions_owned = 0
+        for name, field, unit, description in (
+            (names.METRIC_QUEUE_LENGTH, "length", "{message}", "Entries in the stream (XLEN)"),
+            (
+                names.METRIC_QUEUE_PENDING,
+                "pending",
+                "{message}",
+                "Entries delivered but not acknowledged",
+            ),
+            (names.METRIC_QUEUE_LAG, "lag", "{message}", "Entries not yet delivered to the group"),
+            (
+                names.METRIC_DEAD_LETTER_LENGTH,
+                "dead_letters",
+                "{message}",
+                "Entries in the dead-letter stream",
+            ),
+            (
+                names.METRIC_QUEUE_OLDEST_AGE,
+                "oldest_age_s",
+                "s",
+                "Age of the oldest entry not yet acknowledged (pending or undelivered)",
+            ),
         ):
             meter.create_observable_gauge(
                 name,
                 callbacks=[self._queue_callback(field)],
-                unit="{message}",
+                unit=unit,
                 description=description,
             )
+        meter.create_observable_gauge(
+            names.METRIC_PARTITIONS_OWNED,
+            callbacks=[lambda _: [Observation(self.partitions_owned, self.base_attributes)]],
+            unit="{partition}",
+            description="Stream partitions this worker reads",
+        )
         meter.create_observable_gauge(
             names.METRIC_HEARTBEAT,
             callbacks=[self._heartbeat_callback],
@@ -105,12 +133,17 @@ class WorkerTelemetry:
             outcome_attrs[error_attributes.ERROR_TYPE] = error_type
         self._outcomes.add(1, outcome_attrs)
 
-    def end_to_end(self, seconds: float) -> None:
-        """Record accepted → committed latency (inside the process span: exemplar)."""
-        self._e2e.record(max(seconds, 0.0))
+    def end_to_end(self, seconds: float, span: trace.Span) -> None:
+        """Record accepted → committed latency, with ``span`` as its exemplar."""
+        self._e2e.record(max(seconds, 0.0), context=trace.set_span_in_context(span))
 
-    def resolved(self, source: str) -> None:
-        self._resolutions.add(1, {names.ATTR_RESOLUTION: source})
+    def resolved(self, source: str, count: int = 1) -> None:
+        self._resolutions.add(count, {names.ATTR_RESOLUTION: source})
+
+    def maintenance_failed(self, step: str, error_type: str) -> None:
+        self._maintenance.add(
+            1, {"maintenance.step": step, error_attributes.ERROR_TYPE: error_type}
+        )
 
     def replied(self, outcome: str) -> None:
         self._replies.add(1, {names.ATTR_OUTCOME: outcome})
