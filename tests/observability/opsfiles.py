@@ -1,4 +1,5 @@
-"""Reading the committed ops files: alert rules, Grafana dashboards, datasources.
+"""Reading the committed ops files: alert and recording rules, Grafana dashboards,
+datasources, and the dashboard generator.
 
 Shared by the static checks (test_ops_configs.py) and the live ones, so both
 look at exactly the same expressions.
@@ -6,9 +7,13 @@ look at exactly the same expressions.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import re
+import sys
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -18,11 +23,33 @@ from tests.observability.backend import GRAFANA_DIR, PROM_DIR, REPO
 DASHBOARD_DIR = GRAFANA_DIR / "dashboards"
 DATASOURCES = GRAFANA_DIR / "provisioning" / "datasources" / "datasources.yaml"
 DOCS = REPO / "docs" / "observability.md"
+GENERATOR = GRAFANA_DIR / "generate.py"
+
+
+def load_rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load((PROM_DIR / "alerts.yml").read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"]]
 
 
 def load_alert_rules() -> list[dict[str, Any]]:
-    doc = yaml.safe_load((PROM_DIR / "alerts.yml").read_text())
-    return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
+    return [rule for rule in load_rules() if "alert" in rule]
+
+
+def load_recording_rules() -> list[dict[str, Any]]:
+    return [rule for rule in load_rules() if "record" in rule]
+
+
+@functools.cache
+def dashboard_generator() -> ModuleType:
+    """grafana/generate.py as a module (it is a script, not part of a package)."""
+    spec = importlib.util.spec_from_file_location("wabot_grafana_generate", GENERATOR)
+    assert spec is not None, GENERATOR
+    assert spec.loader is not None, GENERATOR
+    module = importlib.util.module_from_spec(spec)
+    # Registered first: its dataclasses resolve their annotations through it.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def iter_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:

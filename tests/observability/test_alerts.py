@@ -45,7 +45,8 @@ def test_test_copies_change_only_addresses_and_timings() -> None:
     for group, committed_group in zip(copy["groups"], committed["groups"], strict=True):
         for rule, original in zip(group["rules"], committed_group["rules"], strict=True):
             # Identical expression, labels and annotations; only `for` differs.
-            assert rule["expr"] == original["expr"], rule["alert"]
+            name = rule.get("alert") or rule["record"]
+            assert rule["expr"] == original["expr"], name
             assert {k: v for k, v in rule.items() if k != "for"} == {
                 k: v for k, v in original.items() if k != "for"
             }
@@ -135,11 +136,13 @@ def test_poison_message_is_dead_lettered_and_fires_dead_letters_growing(
     obs_stack.start_worker()
     env = f'deployment_environment_name="{obs_stack.environment}"'
     dead_length = f"whatsapp_queue_dead_letter_length{{{env}}}"
-    # delta() needs a "before" sample: wait until Prometheus has seen 0 twice.
+    # The alert takes delta() of the recorded series, which needs a "before"
+    # sample: wait until it has been recorded as 0 twice.
+    recorded = f"env_destination:whatsapp_queue_dead_letter_length:max{{{env}}}"
     wait_for(
-        lambda: prometheus.query(f"count_over_time({dead_length}[1m]) >= 2 and {dead_length} == 0"),
+        lambda: prometheus.query(f"count_over_time({recorded}[1m]) >= 2 and {recorded} == 0"),
         timeout=TIMEOUT,
-        what=f"two scrapes of {dead_length} == 0",
+        what=f"two evaluations of {recorded} == 0",
         interval=0.25,
     )
     mark = alert_receiver.mark()

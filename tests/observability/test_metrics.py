@@ -1,6 +1,7 @@
 """Prometheus has the pipeline's metrics and span metrics for both services,
 latency exemplars lead to real traces in Jaeger, and every PromQL expression of
-the dashboards and alert rules evaluates on live data and returns something.
+the dashboards, recording rules and alert rules evaluates on live data and
+returns something.
 
 Each test selects its own series with its unique deployment_environment_name
 (set through OTEL_RESOURCE_ATTRIBUTES; Grafana's `$env` variable).
@@ -18,6 +19,7 @@ from tests.observability.opsfiles import (
     dashboard_prom_exprs,
     grafana_to_promql,
     load_alert_rules,
+    load_recording_rules,
     strip_thresholds,
 )
 from tests.support.procs import RedisServer, free_port, wait_for
@@ -69,7 +71,7 @@ def test_pipeline_metrics_span_metrics_and_exemplars(
     ):
         wait_value(prometheus, expr, n)
     # Queue gauges (sampled by the worker) and its heartbeat.
-    for gauge in ("length", "lag", "pending", "dead_letter_length"):
+    for gauge in ("length", "lag", "pending", "dead_letter_length", "oldest_age_seconds"):
         name = f"whatsapp_queue_{gauge}{{{worker}, {dest}}}"
         assert prometheus.query(name), f"no {name}"
     assert prometheus.query(f"whatsapp_worker_heartbeat_seconds{{{worker}}}")
@@ -155,6 +157,7 @@ def test_every_dashboard_and_alert_expression_returns_data(
         (f"alerts.yml: {rule['alert']} (without threshold)", strip_thresholds(rule["expr"]))
         for rule in load_alert_rules()
     ]
+    exprs += [(f"alerts.yml: {rule['record']}", rule["expr"]) for rule in load_recording_rules()]
     assert len(exprs) > 40
     unknown = EMPTY_WHILE_HEALTHY - {where for where, _ in exprs}
     assert not unknown, f"EMPTY_WHILE_HEALTHY names expressions that do not exist: {unknown}"

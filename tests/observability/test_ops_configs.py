@@ -2,10 +2,14 @@
 
 Covers otel-collector/, jaeger/, prometheus/ and grafana/:
   * promtool check config / check rules / test rules, amtool check-config;
+  * every recording rule is used by an alert and by a dashboard, and has a
+    promtool unit test;
   * `otelcol-wabot validate` and `jaeger validate` on the committed configs, and
     the collector manifest contains exactly the components the config uses;
-  * alert metadata (severity, summary/description/runbook_url, runbook section,
-    a firing and a quiet unit test per alert);
+  * alert metadata (severity, summary/description, a runbook_url that resolves
+    to its runbook section in the repository, a firing and a quiet unit test per
+    alert);
+  * the committed dashboards are exactly what grafana/generate.py generates;
   * every Grafana panel/target/variable datasource is a provisioned uid;
   * every PromQL expression in dashboards and rules parses (through promtool)
     and only uses metric names verified against the collector's exporter.
@@ -38,11 +42,13 @@ from tests.observability.backend import (
 from tests.observability.opsfiles import (
     DATASOURCES,
     DOCS,
+    dashboard_generator,
     dashboard_prom_exprs,
     grafana_to_promql,
     iter_panels,
     load_alert_rules,
     load_dashboards,
+    load_recording_rules,
     provisioned_uids,
 )
 
@@ -58,7 +64,8 @@ ALERTS = {
     "MessagesStuck",
     "TelemetryPipelineDropping",
 }
-RUNBOOK_URL = "https://github.com/OWNER/REPO/blob/main/docs/observability.md#runbook-{}"
+# Repository-relative: the runbook is a file of this repository (see alerts.yml).
+RUNBOOK_URL = "docs/observability.md#runbook-{}"
 
 # Prometheus names verified by sending the services' instruments through the
 # collector (prometheus exporter, UnderscoreEscapingWithSuffixes) and scraping
@@ -75,6 +82,8 @@ APP_METRICS = {
     "whatsapp_queue_pending",
     "whatsapp_queue_lag",
     "whatsapp_queue_dead_letter_length",
+    # The worker's age of the oldest unacknowledged entry (wabot_shared.names).
+    "whatsapp_queue_oldest_age_seconds",
     "whatsapp_instance_resolutions_total",
     "whatsapp_worker_heartbeat_seconds",
     "traces_span_metrics_calls_total",
@@ -143,12 +152,23 @@ def test_prometheus_targets_are_replaceable_placeholders() -> None:
 def test_promtool_check_rules() -> None:
     promtool = find_binary("promtool", APT_HINT)
     out = run([promtool, "check", "rules", str(PROM_DIR / "alerts.yml")]).stdout
-    assert f"SUCCESS: {len(ALERTS)} rules found" in out, out
+    count = len(ALERTS) + len(load_recording_rules())
+    assert f"SUCCESS: {count} rules found" in out, out
 
 
 def test_promtool_rule_unit_tests() -> None:
     promtool = find_binary("promtool", APT_HINT)
     run([promtool, "test", "rules", str(PROM_DIR / "alerts.test.yml")])
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub/GitLab give a document's headings (lower case,
+    punctuation other than `-` dropped, spaces to `-`)."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} (.+?)\s*$", markdown, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
 
 
 def test_alerts_have_labels_annotations_and_runbooks() -> None:
@@ -165,10 +185,43 @@ def test_alerts_have_labels_annotations_and_runbooks() -> None:
         assert ann["summary"].strip(), name
         assert ann["description"].strip(), name
         assert ann["runbook_url"] == RUNBOOK_URL.format(name.lower()), name
-        # GitHub's anchor for "### Runbook: WorkerDown" is #runbook-workerdown.
+        # The link resolves: an existing file of the repository, and an anchor
+        # of one of its headings.
+        path, _, anchor = ann["runbook_url"].partition("#")
+        target = REPO / path
+        assert target.is_file(), f"{name}: {path} does not exist"
+        assert anchor in heading_anchors(target.read_text()), f"{name}: no heading #{anchor}"
         assert f"\n### Runbook: {name}\n" in runbook, f"{DOCS} lacks a runbook for {name}"
     sections = re.findall(r"^### Runbook: (\w+)$", runbook, re.M)
     assert sorted(sections) == sorted(ALERTS), f"runbook sections {sections} != alerts"
+    assert "OWNER/REPO" not in (PROM_DIR / "alerts.yml").read_text()
+
+
+def test_heading_anchors_follow_github() -> None:
+    assert heading_anchors("### Runbook: WorkerDown\n## How this is tested\n") == {
+        "runbook-workerdown",
+        "how-this-is-tested",
+    }
+
+
+def test_every_recording_rule_feeds_an_alert_and_a_dashboard_and_is_unit_tested() -> None:
+    """Recording rules exist to share an expression between the alerts and the
+    dashboards: each one is used by both, and promtool tests what it computes."""
+    records = [r["record"] for r in load_recording_rules()]
+    assert records, "no recording rules"
+    assert len(records) == len(set(records)), records
+    alert_exprs = [r["expr"] for r in load_alert_rules()]
+    dashboard_exprs = [e for _, e in dashboard_prom_exprs()]
+    tests = yaml.safe_load((PROM_DIR / "alerts.test.yml").read_text())["tests"]
+    tested = {case["expr"] for test in tests for case in test.get("promql_expr_test", [])}
+
+    def uses(expr: str, record: str) -> bool:
+        return re.search(rf"(?<![\w:]){re.escape(record)}(?![\w:])", expr) is not None
+
+    for record in records:
+        assert any(uses(e, record) for e in alert_exprs), f"{record}: no alert uses it"
+        assert any(uses(e, record) for e in dashboard_exprs), f"{record}: no dashboard uses it"
+        assert record in tested, f"{record}: no promql_expr_test in alerts.test.yml"
 
 
 def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
@@ -282,6 +335,17 @@ def test_jaeger_validate() -> None:
 
 
 # --------------------------------------------------------------- grafana ---
+def test_committed_dashboards_are_the_generated_ones() -> None:
+    generated = dashboard_generator().generate()
+    committed = {p.name: p.read_text() for p in (REPO / "grafana" / "dashboards").glob("*.json")}
+    assert set(committed) == set(generated), "run `make dashboards` (grafana/generate.py)"
+    for name, text in generated.items():
+        assert committed[name] == text, (
+            f"{name} differs from grafana/generate.py's output: run `make dashboards`"
+        )
+    assert dashboard_generator().main(["--check"]) == 0
+
+
 def test_grafana_datasources_have_fixed_uids_and_exemplar_link() -> None:
     doc = yaml.safe_load(DATASOURCES.read_text())
     by_uid = {ds["uid"]: ds for ds in doc["datasources"]}
@@ -324,6 +388,7 @@ def test_all_promql_parses(tmp_path: Path) -> None:
     promtool = find_binary("promtool", APT_HINT)
     exprs = [(w, grafana_to_promql(e)) for w, e in dashboard_prom_exprs()]
     exprs += [(f"alerts.yml: {r['alert']}", r["expr"]) for r in load_alert_rules()]
+    exprs += [(f"alerts.yml: {r['record']}", r["expr"]) for r in load_recording_rules()]
     assert len(exprs) > 20
     rules = {
         "groups": [
@@ -353,18 +418,25 @@ def test_all_promql_parses(tmp_path: Path) -> None:
 
 
 def test_promql_uses_only_known_metric_names() -> None:
+    """Raw names are ones the collector really exports; names with colons are
+    recording rules of alerts.yml."""
     known = APP_METRICS | COLLECTOR_METRICS | PROMETHEUS_METRICS
     known |= {f"{h}_{suffix}" for h in HISTOGRAMS for suffix in ("bucket", "count", "sum")}
+    recorded = {r["record"] for r in load_recording_rules()}
     exprs = [(w, e) for w, e in dashboard_prom_exprs()]
     exprs += [(f"alerts.yml: {r['alert']}", r["expr"]) for r in load_alert_rules()]
+    exprs += [(f"alerts.yml: {r['record']}", r["expr"]) for r in load_recording_rules()]
     for where, expr in exprs:
-        # Drop strings, label matchers and grouping clauses: the identifiers
-        # left are metric names and function names.
+        # Drop strings, label matchers, range selectors and grouping clauses:
+        # the identifiers left are metric names and function names.
         bare = re.sub(r'"[^"]*"', '""', expr)
         bare = re.sub(r"\{[^}]*\}", "", bare)
+        bare = re.sub(r"\[[^\]]*\]", "", bare)
         bare = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", bare)
-        for name in re.findall(r"\b[a-zA-Z_][a-zA-Z0-9_]*\b", bare):
-            if name.startswith(CHECKED_PREFIXES):
+        for name in re.findall(r"(?<![\w:])[a-zA-Z_:][a-zA-Z0-9_:]*", bare):
+            if ":" in name:
+                assert name in recorded, f"{where}: {name!r} is not a recording rule"
+            elif name.startswith(CHECKED_PREFIXES):
                 assert name in known, f"{where}: unknown metric {name!r}"
 
 
