@@ -22,7 +22,7 @@
 FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
 
 # ---------------------------------------------------------------- build stage
-FROM python:3.11-slim AS build
+FROM python:3.11-slim-bookworm AS build
 
 COPY --from=uv /uv /usr/local/bin/uv
 
@@ -54,7 +54,7 @@ COPY services/worker/src services/worker/src
 RUN uv sync --frozen --no-dev --no-editable
 
 # -------------------------------------------------------------- runtime stage
-FROM python:3.11-slim AS runtime
+FROM python:3.11-slim-bookworm AS runtime
 
 RUN groupadd --system --gid 10001 wabot \
     && useradd --system --uid 10001 --gid wabot --home-dir /app --no-create-home \

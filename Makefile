@@ -3,7 +3,7 @@
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run test test-fast lint typecheck unit bench clean
+.PHONY: bootstrap run test test-fast lint dashboards typecheck unit bench clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -20,9 +20,22 @@ test: bootstrap lint typecheck
 test-fast:
 	$(UV) run pytest tests/unit -m "not process" $(PYTEST_ARGS)
 
+# Every shell script, tracked or new, found by its sh/bash shebang (so a new
+# script is linted without being listed here).
+SHELL_SCRIPTS = $(shell git ls-files --cached --others --exclude-standard | xargs awk \
+  'BEGIN { for (i = 1; i < ARGC; i++) if ((getline line < ARGV[i]) > 0 \
+  && line ~ /^\#!.*[\/ ](ba)?sh( |$$)/) print ARGV[i] }' | sort -u)
+
+## lint: ruff (Python), shellcheck (every shell script), hadolint (the Dockerfile)
 lint:
-	$(UV) run ruff check services shared tests bench
-	$(UV) run ruff format --check services shared tests bench
+	$(UV) run ruff check services shared tests bench grafana
+	$(UV) run ruff format --check services shared tests bench grafana
+	shellcheck $(SHELL_SCRIPTS)
+	$(UV) run hadolint Dockerfile
+
+## dashboards: regenerate grafana/dashboards/*.json from grafana/generate.py
+dashboards:
+	$(UV) run python grafana/generate.py
 
 typecheck:
 	$(UV) run mypy services shared

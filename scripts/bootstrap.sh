@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything `make test` and `make run` need on a fresh Debian machine,
-# idempotently: Debian packages (Redis, PostgreSQL, Prometheus, Alertmanager),
-# uv and the locked Python dependencies in .venv, and the Go-built collector and
-# Jaeger (cached in ~/.cache/wabot/bin). Safe to run again; it only does what is
-# missing.
+# idempotently: Debian packages (Redis, PostgreSQL, Prometheus, Alertmanager,
+# and shellcheck for `make lint`), uv (the version pinned in versions.env), the
+# locked Python dependencies in .venv (hadolint among them), and the Go-built
+# collector and Jaeger (cached in ~/.cache/wabot/bin). Safe to run again; it
+# only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=../versions.env
+. ./versions.env
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -17,6 +20,7 @@ getent passwd postgres >/dev/null || missing+=(postgresql)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -29,7 +33,7 @@ if command -v uv >/dev/null 2>&1; then
 else
   if ! python3 -m uv --version >/dev/null 2>&1; then
     echo "bootstrap: installing uv"
-    python3 -m pip install --quiet --disable-pip-version-check uv
+    python3 -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
   fi
   UV=(python3 -m uv)
 fi

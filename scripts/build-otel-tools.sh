@@ -13,29 +13,33 @@
 #   WABOT_CACHE_DIR   cache root (default ~/.cache/wabot); binaries go to $WABOT_CACHE_DIR/bin
 #   WABOT_BUILD_JOBS  `go build -p` parallelism (default 2)
 #   JAEGER_VERSION    Go module version of github.com/jaegertracing/jaeger (with
-#   JAEGER_RELEASE    the matching Jaeger v2 release name, for `jaeger version`)
+#   JAEGER_RELEASE    the matching Jaeger v2 release name, for `jaeger version`);
+#                     both default to versions.env, where every version is pinned
 # Stable names ~/.cache/wabot/bin/otelcol-wabot and .../jaeger are symlinks to
 # the latest builds. The last lines printed are BUILDER_BIN=..., OTELCOL_BIN=...
 # and JAEGER_BIN=... (eval-able). Needs Go >= 1.26 (the 0.165 collector modules
 # declare go 1.26), flock, sha256sum and network access to the Go module proxy.
 set -euo pipefail
 
-# Collector builder / core / contrib release. Must match the versions in
-# otel-collector/manifest.yaml and the image tag in otel-collector/IMAGE.
-OTELCOL_VERSION="0.165.0"
-# Jaeger v2 is published from github.com/jaegertracing/jaeger, whose Go module
-# tags are the v1.x line (v1.76.0 is the same commit as Jaeger v2.13.0, the
-# newest version the Go module proxy serves). Its go.mod carries a replace
-# directive, which `go install pkg@version` refuses, so in that case the binary
-# is built from a throw-away wrapper module in the cache that reproduces the
-# upstream replace directives (identical build list). A version whose go.mod
-# has no replace directive is installed with plain `go install`.
-JAEGER_VERSION="${JAEGER_VERSION:-v1.76.0}"
-# Release name reported by `jaeger version` (the v2 tag of the same commit).
-JAEGER_RELEASE="${JAEGER_RELEASE:-v2.13.0}"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The pinned versions: OTELCOL_VERSION (builder / core / contrib release; it
+# must be the version in otel-collector/manifest.yaml, checked below),
+# JAEGER_VERSION and JAEGER_RELEASE. Jaeger v2 is published from
+# github.com/jaegertracing/jaeger, whose Go module tags are the v1.x line
+# (v1.76.0 is the same commit as Jaeger v2.13.0, the newest version the Go
+# module proxy serves). Its go.mod carries a replace directive, which `go
+# install pkg@version` refuses, so in that case the binary is built from a
+# throw-away wrapper module in the cache that reproduces the upstream replace
+# directives (identical build list). A version whose go.mod has no replace
+# directive is installed with plain `go install`.
+jaeger_version_override="${JAEGER_VERSION:-}"
+jaeger_release_override="${JAEGER_RELEASE:-}"
+# shellcheck source=../versions.env
+. "$REPO_ROOT/versions.env"
+JAEGER_VERSION="${jaeger_version_override:-$JAEGER_VERSION}"
+JAEGER_RELEASE="${jaeger_release_override:-$JAEGER_RELEASE}"
 JAEGER_MODULE="github.com/jaegertracing/jaeger"
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MANIFEST="$REPO_ROOT/otel-collector/manifest.yaml"
 CACHE_DIR="${WABOT_CACHE_DIR:-$HOME/.cache/wabot}"
 BIN_DIR="$CACHE_DIR/bin"
@@ -50,7 +54,7 @@ die() { log "ERROR: $*"; exit 1; }
 command -v go >/dev/null || die "go is not installed (need Go >= 1.26)"
 [[ -f "$MANIFEST" ]] || die "missing $MANIFEST"
 grep -q "^  version: ${OTELCOL_VERSION}\$" "$MANIFEST" \
-    || die "dist.version in $MANIFEST does not match OTELCOL_VERSION=$OTELCOL_VERSION"
+    || die "dist.version in $MANIFEST does not match OTELCOL_VERSION=$OTELCOL_VERSION (versions.env)"
 
 mkdir -p "$BIN_DIR"
 # One build at a time (tests and make targets may call this concurrently).

@@ -14,6 +14,9 @@ Covers otel-collector/, jaeger/, prometheus/ and grafana/:
   * every PromQL expression in dashboards and rules parses (through promtool)
     and only uses metric names verified against the collector's exporter.
 
+How docker compose wires these configs (targets, receivers, datasource URLs),
+the image versions and the files' header comments: tests/deploy/.
+
 Binaries are looked up on PATH and in ~/.cache/wabot/bin (built by
 scripts/build-otel-tools.sh). A missing binary is a test FAILURE, never a skip.
 Run: python3 -m pytest tests/observability -q
@@ -142,13 +145,6 @@ def test_promtool_check_config() -> None:
     run([promtool, "check", "config", str(PROM_DIR / "prometheus.yml")])
 
 
-def test_prometheus_targets_are_replaceable_placeholders() -> None:
-    lines = (PROM_DIR / "prometheus.yml").read_text().splitlines()
-    text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
-    for placeholder in ("otel-collector:8889", "otel-collector:8888", "alertmanager:9093"):
-        assert text.count(f'"{placeholder}"') == 1, placeholder
-
-
 def test_promtool_check_rules() -> None:
     promtool = find_binary("promtool", APT_HINT)
     out = run([promtool, "check", "rules", str(PROM_DIR / "alerts.yml")]).stdout
@@ -269,9 +265,6 @@ def test_alertmanager_routing_and_inhibition() -> None:
         )
         for r in inhibit
     ), inhibit
-    urls = [w["url"] for r in doc["receivers"] for w in r.get("webhook_configs", [])]
-    assert urls, "no webhook receivers"
-    assert set(urls) == {"http://alert-webhook:9095/alerts"}, urls
 
 
 # ------------------------------------------------------------- collector ---
@@ -320,12 +313,6 @@ def test_manifest_has_exactly_the_components_the_config_uses() -> None:
         assert used == available, (
             f"{kind}: config uses {sorted(used)}, manifest builds {sorted(available)}"
         )
-
-
-def test_collector_image_matches_manifest_version() -> None:
-    version = yaml.safe_load((COLLECTOR_DIR / "manifest.yaml").read_text())["dist"]["version"]
-    image = (COLLECTOR_DIR / "IMAGE").read_text().strip()
-    assert image == f"otel/opentelemetry-collector-contrib:{version}"
 
 
 # ---------------------------------------------------------------- jaeger ---
@@ -438,24 +425,3 @@ def test_promql_uses_only_known_metric_names() -> None:
                 assert name in recorded, f"{where}: {name!r} is not a recording rule"
             elif name.startswith(CHECKED_PREFIXES):
                 assert name in known, f"{where}: unknown metric {name!r}"
-
-
-# ---------------------------------------------------------------- headers ---
-@pytest.mark.parametrize(
-    "relpath",
-    [
-        "otel-collector/manifest.yaml",
-        "otel-collector/config.yaml",
-        "jaeger/config.yaml",
-        "prometheus/prometheus.yml",
-        "prometheus/alerts.yml",
-        "prometheus/alerts.test.yml",
-        "prometheus/alertmanager.yml",
-        "grafana/provisioning/datasources/datasources.yaml",
-        "grafana/provisioning/dashboards/dashboards.yaml",
-    ],
-)
-def test_yaml_files_start_with_a_header_comment(relpath: str) -> None:
-    text = (REPO / relpath).read_text()
-    assert text.startswith("# "), f"{relpath} must start with a `#` comment saying what it is for"
-    yaml.safe_load(text)
