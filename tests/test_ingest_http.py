@@ -8,22 +8,15 @@ import secrets
 import time
 from typing import Any
 
+import httpx
 import jwt
 import pytest
-import redis
 
-from tests.conftest import WEBHOOK_SECRET, Stack
-from tests.support.procs import running_redis, wait_for
+from tests.support.stack.net import http_get, wait_for
+from tests.support.stack.pipeline import WEBHOOK_SECRET, Stack
+from tests.support.stack.servers import running_redis
 
 JWT_KEY = "jwt-key-" + secrets.token_hex(16)
-
-
-def xlen(stack: Stack) -> int:
-    client = redis.Redis.from_url(stack.redis.url)
-    try:
-        return int(client.xlen(stack.stream))
-    finally:
-        client.close()
 
 
 def token(**overrides: Any) -> str:
@@ -47,7 +40,7 @@ def test_event_suffix_paths_of_webhook_by_events_mode(
     assert resp.json()["status"] == "queued"
     resp = ingest.post(samples["connection-update"], path="/webhooks/evolution/connection-update")
     assert resp.json() == {"status": "ignored", "event": "connection.update"}
-    assert xlen(ingest) == 1
+    assert ingest.queue.length() == 1
 
 
 @pytest.mark.parametrize(
@@ -72,7 +65,7 @@ def test_bad_credentials_get_401_and_nothing_is_enqueued(
     assert resp.status_code == 401, resp.text
     assert resp.json()["error"] == "unauthorized"
     assert detail in resp.json()["detail"]
-    assert xlen(ingest) == 0
+    assert ingest.queue.length() == 0
 
 
 def test_evolution_jwt_mode_is_accepted(ingest: Stack, samples: dict[str, dict[str, Any]]) -> None:
@@ -80,7 +73,7 @@ def test_evolution_jwt_mode_is_accepted(ingest: Stack, samples: dict[str, dict[s
         samples["messages-upsert-text"], auth=False, headers={"authorization": f"Bearer {token()}"}
     )
     assert resp.status_code == 202, resp.text
-    assert xlen(ingest) == 1
+    assert ingest.queue.length() == 1
 
 
 def _without(sample: dict[str, Any], *path: str) -> dict[str, Any]:
@@ -114,7 +107,7 @@ def test_malformed_bodies_are_rejected_with_a_clear_error(
     resp = ingest.post(None, raw=raw)
     assert resp.status_code == status, resp.text
     assert resp.json()["error"] == error
-    assert xlen(ingest) == 0
+    assert ingest.queue.length() == 0
     # The error names where the problem is, never the submitted values.
     assert "Olá" not in resp.text
     assert "5511987650001" not in resp.text
@@ -130,14 +123,14 @@ def test_unknown_message_types_and_extra_fields_are_still_queued(
     body["brandNewEnvelopeField"] = {"nested": True}
     resp = ingest.post(body)
     assert resp.status_code == 202, resp.text
-    assert xlen(ingest) == 1
+    assert ingest.queue.length() == 1
 
 
 def test_wrong_content_type_is_415(ingest: Stack, samples: dict[str, dict[str, Any]]) -> None:
     resp = ingest.post(samples["messages-upsert-text"], headers={"content-type": "text/plain"})
     assert resp.status_code == 415
     assert resp.json()["error"] == "unsupported_media_type"
-    assert xlen(ingest) == 0
+    assert ingest.queue.length() == 0
 
 
 def test_oversized_body_is_413(stack: Stack, samples: dict[str, dict[str, Any]]) -> None:
@@ -147,15 +140,14 @@ def test_oversized_body_is_413(stack: Stack, samples: dict[str, dict[str, Any]])
     resp = stack.post(body)
     assert resp.status_code == 413
     assert resp.json()["error"] == "body_too_large"
-    assert xlen(stack) == 0
+    assert stack.queue.length() == 0
 
 
 def test_redis_down_gives_503_with_retry_after_and_recovers(
     stack: Stack, samples: dict[str, dict[str, Any]]
 ) -> None:
     with running_redis("wabot-redis-own-") as own:
-        stack.env["REDIS_URL"] = own.url
-        stack.redis = own
+        stack.use_redis(own)
         stack.start_ingest()
         assert stack.post(samples["messages-upsert-text"]).status_code == 202
         own.stop()
@@ -163,8 +155,6 @@ def test_redis_down_gives_503_with_retry_after_and_recovers(
         assert resp.status_code == 503, resp.text
         assert resp.headers["retry-after"] == "5"
         assert resp.json()["error"] == "unavailable"
-        from tests.support.procs import http_get
-
         assert http_get(stack.url("/ready"))[0] == 503
         own.start()  # AOF on: the first message is still there
         wait_for(
@@ -172,16 +162,17 @@ def test_redis_down_gives_503_with_retry_after_and_recovers(
             timeout=20,
             what="ingest accepting again after Redis came back",
         )
-        assert xlen(stack) == 2
+        assert stack.queue.length() == 2
 
 
 def test_health_and_ready_report_their_checks(ingest: Stack) -> None:
-    from tests.support.procs import http_get
-
     # No worker yet: ingest can enqueue (ready) but the pipeline is not healthy.
+    # An anonymous caller learns only that; the checks are for the webhook's sender.
     status, body = http_get(ingest.url("/health"))
-    assert status == 503
-    checks = json.loads(body)["checks"]
+    assert (status, json.loads(body)) == (503, {"status": "fail"})
+    resp = httpx.get(ingest.url("/health"), headers={"x-webhook-secret": WEBHOOK_SECRET})
+    assert resp.status_code == 503
+    checks = resp.json()["checks"]
     assert checks["workers"] == {
         "status": "fail",
         "live": 0,
@@ -246,4 +237,4 @@ def test_chunked_oversized_body_is_refused_before_the_rest_is_read(stack: Stack)
     # The answer came after at most a few chunks beyond the cap, not after the
     # whole (100 MiB) body: bytes read are bounded by the cap.
     assert sent <= cap + 8 * len(chunk), sent
-    assert xlen(stack) == 0
+    assert stack.queue.length() == 0

@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
 
-from tests.support.procs import BIN, REPO
+from tests.support.stack.services import run_cli
+
+REQUIRED = ("REDIS_URL", "DATABASE_URL", "WEBHOOK_SECRET")
 
 
 def run(program: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("OTEL_") and k not in {"REDIS_URL", "DATABASE_URL", "WEBHOOK_SECRET"}
-    }
-    return subprocess.run(
-        [str(BIN / program)],
-        env={**base, **env},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    """``program`` with only ``env`` of the required settings."""
+    return run_cli(program, env=env, drop=REQUIRED, timeout=60)
 
 
 @pytest.mark.parametrize(
     ("program", "env", "names"),
     [
-        ("ingest", {}, ["REDIS_URL", "WEBHOOK_SECRET"]),
-        ("ingest", {"REDIS_URL": "redis://127.0.0.1:1/0"}, ["WEBHOOK_SECRET"]),
+        ("ingest", {}, ["REDIS_URL"]),
         ("worker", {"REDIS_URL": "redis://127.0.0.1:1/0"}, ["DATABASE_URL"]),
         ("migrate", {}, ["DATABASE_URL"]),
     ],
@@ -48,6 +36,30 @@ def test_missing_required_setting_fails_with_one_line_naming_it(
         assert name in lines[0]
 
 
+def test_ingest_without_any_webhook_authentication_fails_naming_the_setting() -> None:
+    result = run("ingest", {"REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("ingest: configuration error: invalid setting(s)")
+    assert "no webhook authentication configured: set WEBHOOK_SECRET" in line
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WEBHOOK_AUTH_MODES": "jwt"}, "WEBHOOK_AUTH_MODES includes jwt but WEBHOOK_JWT_KEY"),
+        ({"WEBHOOK_AUTH_MODES": "header,carrier-pigeon"}, "WEBHOOK_AUTH_MODES"),
+    ],
+)
+def test_auth_modes_must_match_configured_secrets(env: dict[str, str], message: str) -> None:
+    result = run(
+        "ingest",
+        {"REDIS_URL": "redis://127.0.0.1:1/0", "WEBHOOK_SECRET": "s" * 32, **env},
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
 @pytest.mark.parametrize("secret", ["changeme", "CHANGEME", "shortvalue42"])
 def test_placeholder_secrets_are_refused_outside_development(secret: str) -> None:
     result = run("ingest", {"REDIS_URL": "redis://127.0.0.1:1/0", "WEBHOOK_SECRET": secret})
@@ -57,10 +69,12 @@ def test_placeholder_secrets_are_refused_outside_development(secret: str) -> Non
     assert secret not in result.stderr.replace("WEBHOOK_SECRET", "")  # never echo the value
 
 
-def test_fault_injection_is_refused_in_production() -> None:
+@pytest.mark.parametrize("app_env", ["production", "prod", "staging", ""])
+def test_fault_injection_is_refused_outside_test_and_development(app_env: str) -> None:
     result = run(
         "worker",
         {
+            "APP_ENV": app_env,
             "REDIS_URL": "redis://127.0.0.1:1/0",
             "DATABASE_URL": "postgresql://x@127.0.0.1:1/x",
             "FAULT_INJECTION": "crash_before_ack",
