@@ -25,20 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
-from tests.conftest import load_samples
+from tests.support.load import percentile
 from tests.support.otlp import OtlpSink
-from tests.support.procs import (
-    REPO,
-    PostgresServer,
-    RedisServer,
-    Service,
-    free_port,
-    http_get,
-    run_migrate_cmd,
+from tests.support.stack.net import wait_for
+from tests.support.stack.paths import REPO, load_samples
+from tests.support.stack.pipeline import Stack
+from tests.support.stack.servers import (
+    create_database,
+    running_postgres,
+    running_redis,
     temp_dir,
-    wait_for,
 )
+from tests.support.stack.services import Service
 
 SECRET = "bench-" + secrets.token_hex(16)
 WRK_SCRIPT = """
@@ -51,83 +49,24 @@ request = function()
     {{["Content-Type"] = "application/json", ["X-Webhook-Secret"] = "{secret}"}}, body)
 end
 """
+# The defaults, not the tests' shortened timings; quieter logs.
+BENCH_SETTINGS = {"LOG_LEVEL": "WARNING"}
 
 
-class Env:
-    """Redis, PostgreSQL and an OTLP receiver for the whole run."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        tmp.chmod(0o755)  # PostgreSQL runs as its own user below it
-        self.redis = RedisServer(port=free_port(), dir=tmp)
-        self.pg = PostgresServer(port=free_port(), dir=tmp / "pg")
-        (tmp / "pg").mkdir()
-        self.sink = OtlpSink()
-
-    def start(self) -> None:
-        self.redis.start()
-        self.pg.init()
-        self.pg.start()
-        self.sink.start()
-        with psycopg.connect(self.pg.dsn(), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE bench")
-        result = run_migrate_cmd(self.pg.dsn("bench"))
-        assert result.returncode == 0, result.stderr
-
-    def stop(self) -> None:
-        self.sink.stop()
-        self.pg.stop()
-        self.redis.stop()
-
-    def env(self, stream: str, **extra: str) -> dict[str, str]:
-        return {
-            "APP_ENV": "bench",
-            "REDIS_URL": self.redis.url,
-            "DATABASE_URL": self.pg.dsn("bench"),
-            "WEBHOOK_SECRET": SECRET,
-            "STREAM_NAME": stream,
-            "LOG_LEVEL": "WARNING",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": self.sink.endpoint,
-            **extra,
-        }
+def start_ingest(stack: Stack, stream: str, **extra: str) -> tuple[Service, int]:
+    svc = stack.start_ingest(STREAM_NAME=stream, **extra)
+    assert stack.ingest_port is not None
+    return svc, stack.ingest_port
 
 
-def start_ingest(env: Env, stream: str, tmp: Path, **extra: str) -> tuple[Service, int]:
-    port = free_port()
-    svc = Service(
-        "ingest",
-        {**env.env(stream, **extra), "INGEST_HOST": "127.0.0.1", "INGEST_PORT": str(port)},
-        tmp / f"ingest-{uuid.uuid4().hex[:6]}.log",
+def start_worker(stack: Stack, stream: str, **extra: str) -> Service:
+    return stack.start_worker(
+        f"bench-{uuid.uuid4().hex[:6]}",
+        healthy=True,
+        STREAM_NAME=stream,
+        WORKER_BATCH_SIZE="64",
+        **extra,
     )
-    svc.start()
-    wait_for(
-        lambda: http_get(f"http://127.0.0.1:{port}/ready")[0] == 200,
-        timeout=30,
-        what="ingest ready",
-    )
-    return svc, port
-
-
-def start_worker(env: Env, stream: str, tmp: Path, **extra: str) -> Service:
-    port = free_port()
-    svc = Service(
-        "worker",
-        {
-            **env.env(stream, **extra),
-            "WORKER_HEALTH_HOST": "127.0.0.1",
-            "WORKER_HEALTH_PORT": str(port),
-            "WORKER_BATCH_SIZE": "64",
-            "WORKER_CONSUMER_NAME": f"bench-{uuid.uuid4().hex[:6]}",
-        },
-        tmp / f"worker-{uuid.uuid4().hex[:6]}.log",
-    )
-    svc.start()
-    wait_for(
-        lambda: http_get(f"http://127.0.0.1:{port}/health")[0] == 200,
-        timeout=30,
-        what="worker healthy",
-    )
-    return svc
 
 
 def wrk(port: int, seconds: int, connections: int, script: Path) -> dict[str, float]:
@@ -176,7 +115,7 @@ def wrk_script(tmp: Path, sample: dict[str, Any]) -> Path:
 
 
 def bench_ingest_overhead(
-    env: Env, tmp: Path, sample: dict[str, Any], rounds: int, seconds: int
+    stack: Stack, tmp: Path, sample: dict[str, Any], rounds: int, seconds: int
 ) -> dict[str, Any]:
     """Ingest alone (XADD, no worker): telemetry on (every request traced), on with
     10 % head sampling, and OTEL_SDK_DISABLED=true; measured in rotating order."""
@@ -194,7 +133,7 @@ def bench_ingest_overhead(
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             stream = f"bench:{name}:{r}"
-            svc, port = start_ingest(env, stream, tmp, **variants[name])
+            svc, port = start_ingest(stack, stream, **variants[name])
             try:
                 wrk(port, 2, 8, wrk_script(tmp, sample))  # warm-up
                 results[name].append(wrk(port, seconds, 16, wrk_script(tmp, sample)))
@@ -214,38 +153,37 @@ def bench_ingest_overhead(
     }
 
 
-def count_rows(env: Env, stream: str) -> int:
-    with psycopg.connect(env.pg.dsn("bench")) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM healthcare.whatsapp_messages "
-            "WHERE stream_id IS NOT NULL AND raw_payload->>'instance' = %s",
-            (stream,),
-        ).fetchone()
-    return int(row[0]) if row else 0
+def count_rows(stack: Stack, stream: str) -> int:
+    [(count,)] = stack.sql(
+        "SELECT count(*) FROM healthcare.whatsapp_messages "
+        "WHERE stream_id IS NOT NULL AND raw_payload->>'instance' = %s",
+        (stream,),
+    )
+    return int(count)
 
 
 def bench_pipeline_throughput(
-    env: Env, tmp: Path, sample: dict[str, Any], seconds: int
+    stack: Stack, tmp: Path, sample: dict[str, Any], seconds: int
 ) -> dict[str, Any]:
     """Messages/s from webhook to committed row: wrk at full speed, then wait for the worker."""
     stream = "bench:throughput"
     body = json.loads(json.dumps(sample))
     body["instance"] = stream
-    ingest, port = start_ingest(env, stream, tmp)
-    worker = start_worker(env, stream, tmp)
+    ingest, port = start_ingest(stack, stream)
+    worker = start_worker(stack, stream)
     try:
         started = time.monotonic()
         load = wrk(port, seconds, 16, wrk_script(tmp, body))
         sent = round(load["rps"] * seconds)
         accepted_in = time.monotonic() - started
         wait_for(
-            lambda: count_rows(env, stream) >= sent * 0.99,
+            lambda: count_rows(stack, stream) >= sent * 0.99,
             timeout=300,
             what="the worker to catch up",
             interval=0.25,
         )
         total = time.monotonic() - started
-        rows = count_rows(env, stream)
+        rows = count_rows(stack, stream)
     finally:
         worker.terminate()
         ingest.terminate()
@@ -284,41 +222,35 @@ async def _fixed_rate(
 
 
 def bench_latency(
-    env: Env, tmp: Path, sample: dict[str, Any], rate: float, seconds: float
+    stack: Stack, sample: dict[str, Any], rate: float, seconds: float
 ) -> dict[str, Any]:
     """End-to-end latency (XADD accepted → row committed) at a fixed, sustainable rate."""
     stream = "bench:latency"
-    ingest, port = start_ingest(env, stream, tmp)
-    worker = start_worker(env, stream, tmp, WORKER_BLOCK_MS="1000")
+    ingest, port = start_ingest(stack, stream)
+    worker = start_worker(stack, stream, WORKER_BLOCK_MS="1000")
     try:
         sent = asyncio.run(_fixed_rate(port, sample, rate, seconds, stream))
         wait_for(
-            lambda: count_rows(env, stream) >= sent, timeout=120, what="all rows", interval=0.25
+            lambda: count_rows(stack, stream) >= sent, timeout=120, what="all rows", interval=0.25
         )
-        with psycopg.connect(env.pg.dsn("bench")) as conn:
-            lat = [
-                float(r[0])
-                for r in conn.execute(
-                    "SELECT extract(epoch FROM processed_at - received_at) * 1000 "
-                    "FROM healthcare.whatsapp_messages WHERE raw_payload->>'instance' = %s",
-                    (stream,),
-                ).fetchall()
-            ]
+        lat = [
+            float(ms)
+            for (ms,) in stack.sql(
+                "SELECT extract(epoch FROM processed_at - received_at) * 1000 "
+                "FROM healthcare.whatsapp_messages WHERE raw_payload->>'instance' = %s",
+                (stream,),
+            )
+        ]
     finally:
         worker.terminate()
         ingest.terminate()
-    lat.sort()
-
-    def q(p: float) -> float:
-        return lat[min(len(lat) - 1, int(p * len(lat)))]
-
     return {
         "rate_per_s": rate,
         "messages": sent,
-        "p50_ms": q(0.50),
-        "p90_ms": q(0.90),
-        "p99_ms": q(0.99),
-        "max_ms": lat[-1],
+        "p50_ms": percentile(lat, 50),
+        "p90_ms": percentile(lat, 90),
+        "p99_ms": percentile(lat, 99),
+        "max_ms": max(lat),
     }
 
 
@@ -336,26 +268,39 @@ def main() -> None:
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    with temp_dir("wabot-bench-") as tmp:
-        env = Env(tmp)
-        env.start()
+    with (
+        running_redis("wabot-bench-redis-") as redis,
+        running_postgres("wabot-bench-pg-") as pg,
+        temp_dir("wabot-bench-") as tmp,
+    ):
+        sink = OtlpSink().start()
+        stack = Stack(
+            tmp,
+            redis,
+            create_database(pg, migrated=True),
+            sink,
+            secret=SECRET,
+            app_env="bench",
+            settings=BENCH_SETTINGS,
+        )
         try:
             print("ingest throughput, telemetry on vs OTEL_SDK_DISABLED=true (alternating):")
             results["ingest_overhead"] = bench_ingest_overhead(
-                env, tmp, sample, args.rounds, args.seconds
+                stack, tmp, sample, args.rounds, args.seconds
             )
             print("pipeline throughput (ingest -> worker -> PostgreSQL):")
-            results["pipeline"] = bench_pipeline_throughput(env, tmp, sample, args.seconds)
+            results["pipeline"] = bench_pipeline_throughput(stack, tmp, sample, args.seconds)
             print(f"  {results['pipeline']['end_to_end_msgs_per_s']:.0f} msgs/s end to end")
             print(f"end-to-end latency at {args.rate:.0f} msgs/s:")
-            results["latency"] = bench_latency(env, tmp, sample, args.rate, args.latency_seconds)
+            results["latency"] = bench_latency(stack, sample, args.rate, args.latency_seconds)
             print(
                 "  p50 {p50_ms:.1f} ms  p99 {p99_ms:.1f} ms  max {max_ms:.1f} ms".format(
                     **results["latency"]
                 )
             )
         finally:
-            env.stop()
+            stack.stop_all()
+            sink.stop()
     overhead = results["ingest_overhead"]
     print(
         "ratio: ingest throughput with telemetry / OTEL_SDK_DISABLED = "

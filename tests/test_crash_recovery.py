@@ -5,23 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import redis
 
-from tests.conftest import Stack
-from tests.support.procs import wait_for
-
-
-def pending_of(stack: Stack, consumer: str | None = None) -> int:
-    client = redis.Redis.from_url(stack.redis.url)
-    try:
-        summary = client.xpending(stack.stream, "workers")
-        if consumer is None:
-            return int(summary["pending"])
-        return sum(
-            int(c["pending"]) for c in summary["consumers"] if c["name"].decode() == consumer
-        )
-    finally:
-        client.close()
+from tests.support.stack.net import wait_for
+from tests.support.stack.pipeline import Stack
 
 
 @pytest.mark.parametrize(
@@ -39,13 +25,13 @@ def test_killed_worker_leaves_entry_pending_and_restart_processes_it_once(
     assert crashing.proc is not None
     assert crashing.proc.returncode == -9
     assert len(stack.rows()) == rows_after_crash
-    assert pending_of(stack, "w-crash") == 1
+    assert stack.queue.pending("w-crash") == 1
 
     # Same consumer name = the same container restarted: its own pending entries come first.
     stack.start_worker(name="w-crash")
     rows = stack.wait_rows(1)
     wait_for(
-        lambda: pending_of(stack) == 0, timeout=20, what="the pending entry to be acknowledged"
+        lambda: stack.queue.pending() == 0, timeout=20, what="the pending entry to be acknowledged"
     )
     assert len(stack.rows()) == 1
     assert rows[0]["message_id"] == samples["messages-upsert-text"]["data"]["key"]["id"]

@@ -9,8 +9,9 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from tests.conftest import Stack
-from tests.support.procs import PostgresServer
+from tests.support.stack.pipeline import Stack
+from tests.support.stack.servers import PostgresServer, create_db
+from tests.support.stack.services import run_migrate
 
 
 def app_login_role(server: PostgresServer) -> str:
@@ -59,8 +60,6 @@ def test_migrate_refuses_nothing_when_the_role_already_exists(
 ) -> None:
     # The template database was migrated, so the role exists cluster-wide; a
     # second database migrates cleanly (the role is created only if absent).
-    from tests.conftest import create_db, run_migrate
-
     dsn = postgres_server.dsn(create_db(postgres_server, None))
     result = run_migrate(dsn)
     assert result.returncode == 0, result.stderr

@@ -10,12 +10,11 @@ import json
 from typing import Any
 
 import httpx
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import WEBHOOK_SECRET, Stack
-from tests.support.procs import wait_for
+from tests.support.stack.net import wait_for
+from tests.support.stack.pipeline import WEBHOOK_SECRET, Stack
 
 DOCUMENTED = {202, 400, 401, 413, 415, 422}
 
@@ -167,19 +166,12 @@ def test_fuzzed_webhooks_get_documented_answers_and_accepted_ones_become_rows(
 
     # Every accepted entry is processed: a row (or, for a payload the database
     # cannot hold, a visible dead letter) and nothing left pending.
-    r = redis.Redis.from_url(stack.redis.url, decode_responses=True)
-    try:
-        wait_for(
-            lambda: (
-                int(r.xpending(stack.stream, "workers")["pending"]) == 0
-                and int(r.xinfo_groups(stack.stream)[0]["lag"] or 0) == 0
-            ),
-            timeout=60,
-            what="all fuzzed entries processed",
-        )
-        dead = r.xrange(stack.stream + ":dead")
-    finally:
-        r.close()
+    wait_for(
+        lambda: stack.queue.unacknowledged() == 0,
+        timeout=60,
+        what="all fuzzed entries processed",
+    )
+    dead = stack.queue.dead_letters()
     stored = {row["stream_id"] for row in stack.rows()}
     assert not dead, [d[1].get("error_type") for d in dead]
     # Duplicated message ids collapse to one row, so compare through the stream ids

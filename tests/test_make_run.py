@@ -1,44 +1,151 @@
-"""`make run` brings the whole pipeline up natively, and the README's curl ends as a
-row and as a trace in the Jaeger that `make run` started (found through the URL
-it printed)."""
+"""`make run` brings the whole pipeline up natively, the README's curl ends as a
+row and as a trace in the Jaeger it started (found through the URL it printed),
+and a stop leaves nothing running: Ctrl-C with the output piped to `tee` (which
+the Ctrl-C kills first), and SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import pytest
 
-from tests.support.procs import REPO, free_port, http_get, wait_for
+from tests.support.stack.env import clean_env
+from tests.support.stack.net import free_port, http_get, listening, wait_for
+from tests.support.stack.paths import REPO
+from tests.support.stack.process import Process
+from tests.support.stack.runconfig import PORTS
+from tests.support.stack.servers import postgres_home
+from wabot_shared import names
 
-# Every port scripts/run-local.sh binds, so the test never clashes with a
-# `make run` (or anything else) already running on the defaults.
-PORT_VARS = (
-    "REDIS_PORT",
-    "PG_PORT",
-    "INGEST_PORT",
-    "WORKER_HEALTH_PORT",
-    "OTELCOL_GRPC_PORT",
-    "OTELCOL_HTTP_PORT",
-    "OTELCOL_HEALTH_PORT",
-    "OTELCOL_PROMETHEUS_PORT",
-    "OTELCOL_METRICS_PORT",
-    "JAEGER_UI_PORT",
-    "JAEGER_QUERY_GRPC_PORT",
-    "JAEGER_HEALTH_PORT",
-    "JAEGER_OTLP_GRPC_PORT",
-    "JAEGER_OTLP_HTTP_PORT",
-    "JAEGER_METRICS_PORT",
+# Settings `make run` reads that a developer's shell may hold (its ports are
+# all set below, so the test never clashes with a `make run` on the defaults).
+RUN_SETTINGS = ("RUN_DIR", "PG_DATA", "RUN_OBSERVABILITY", "ALERT_WEBHOOK_URL", "WEBHOOK_SECRET")
+UP = "the pipeline is up"
+BACKEND_PORTS = {name for name in PORTS if name.startswith(("OTELCOL_", "JAEGER_"))} | {
     "PROMETHEUS_PORT",
     "ALERTMANAGER_PORT",
-)
-# Variables the observability configs read: inherited values would override
-# what run-local.sh sets up.
-CONFIG_ENV_PREFIXES = ("OTEL_", "OTELCOL_", "JAEGER_", "PROMETHEUS_", "ALERT")
+}
+
+
+@dataclass
+class MakeRun:
+    """One `make run` in its own session (so a signal can reach its whole group)."""
+
+    process: Process
+    ports: dict[str, int]
+    run_dir: Path
+    output: Path  # what the terminal (or tee) got
+    pg_data: Path
+
+    def signal_group(self, sig: int) -> None:
+        """What a terminal does on Ctrl-C: signal every process of the foreground group."""
+        os.killpg(self.process.pid, sig)
+
+    def kill_tee(self) -> None:
+        """Ctrl-C's first victim: tee, which dies at once (here: before the others
+        get theirs, so `make run` surely stops with nobody reading its output)."""
+        [tee] = [pid for pid, name in children(self.process.pid) if name == "tee"]
+        os.kill(tee, signal.SIGINT)
+        wait_for(lambda: not running(tee), timeout=10, what="tee to die of SIGINT")
+
+    def wait_stopped(self, timeout: float = 90) -> None:
+        self.process.wait(timeout)
+        # Everything it started has stopped listening, and PostgreSQL is shut down.
+        wait_for(
+            lambda: not [name for name, port in self.ports.items() if listening(port)],
+            timeout=30,
+            what="every port `make run` opened to be closed",
+        )
+        assert not (self.pg_data / "postmaster.pid").exists(), "PostgreSQL still running"
+
+    def log(self, name: str) -> str:
+        path = self.run_dir / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command name) of the processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            name, rest = stat.read_text().rsplit(")", 1)
+            if int(rest.split()[1]) == pid:
+                found.append((int(stat.parent.name), name.split("(", 1)[1]))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def make_run(tmp_path: Path, shell: str, **env: str) -> Iterator[MakeRun]:
+    ports = {name: free_port() for name in PORTS}
+    run_dir = tmp_path / "run"
+    output = tmp_path / "make-run.out"
+    full = clean_env(
+        *RUN_SETTINGS,
+        RUN_DIR=str(run_dir),
+        # Spans reach the collector within 0.5s instead of the SDK's 5s.
+        OTEL_BSP_SCHEDULE_DELAY="500",
+        **{name: str(port) for name, port in ports.items()},
+        **env,
+    )
+    if env.get("RUN_OBSERVABILITY") == "0":
+        ports = {k: v for k, v in ports.items() if k not in BACKEND_PORTS}
+    run = MakeRun(
+        Process(
+            "make run",
+            ["bash", "-c", shell.format(output=output)],
+            env=full,
+            log_path=tmp_path / "make-run.log",
+            ready=lambda: UP in (output.read_text() if output.exists() else ""),
+            ready_timeout=240,  # includes `make bootstrap`
+            new_session=True,
+        ),
+        ports,
+        run_dir,
+        output,
+        # Where `make run` keeps the cluster (outside a dir postgres cannot enter).
+        postgres_home(run_dir),
+    )
+    run.process.start()
+    try:
+        yield run
+    finally:
+        if run.process.alive():
+            run.signal_group(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.process.wait(90)
+        run.process.kill()
+        if not run.pg_data.is_relative_to(tmp_path):
+            shutil.rmtree(run.pg_data.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def piped_make_run(tmp_path: Path) -> Iterator[MakeRun]:
+    """`make run | tee`: Ctrl-C kills tee too, and the runner's output goes nowhere."""
+    yield from make_run(tmp_path, "make run 2>&1 | tee {output}")
+
+
+@pytest.fixture
+def bare_make_run(tmp_path: Path) -> Iterator[MakeRun]:
+    """`make run` without the observability backend, output in a file."""
+    yield from make_run(tmp_path, "exec make run >{output} 2>&1", RUN_OBSERVABILITY="0")
 
 
 def readme_curl() -> str:
@@ -54,74 +161,73 @@ def readme_curl() -> str:
     return " ".join(command)
 
 
-def test_make_run_starts_everything_and_a_curl_ends_as_a_row(tmp_path: Path) -> None:
-    ports = {name: str(free_port()) for name in PORT_VARS}
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(CONFIG_ENV_PREFIXES)},
-        "RUN_DIR": str(tmp_path / "run"),
-        # Spans reach the collector within 0.5s instead of the SDK's 5s.
-        "OTEL_BSP_SCHEDULE_DELAY": "500",
-        **ports,
-    }
-    log = tmp_path / "make-run.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            ["make", "run"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_for(
-            lambda: "the pipeline is up" in log.read_text() or proc.poll() is not None,
-            timeout=180,
-            what="make run to report the pipeline up",
-        )
-        assert proc.poll() is None, log.read_text()
-        assert http_get(f"http://127.0.0.1:{ports['WORKER_HEALTH_PORT']}/health")[0] == 200
+def curl_the_readme_sample(run: MakeRun) -> str:
+    """Run the README's curl against this `make run`; the trace id it answered."""
+    curl = readme_curl().replace("127.0.0.1:8000", f"127.0.0.1:{run.ports['INGEST_PORT']}")
+    result = subprocess.run(
+        ["bash", "-c", curl], cwd=REPO, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"status":"queued"' in result.stdout, result.stdout
+    trace_id = re.search(r'"trace_id":"([0-9a-f]{32})"', result.stdout)
+    assert trace_id, result.stdout
+    return trace_id.group(1)
 
-        curl = readme_curl().replace("127.0.0.1:8000", f"127.0.0.1:{ports['INGEST_PORT']}")
-        result = subprocess.run(
-            ["bash", "-c", curl], cwd=REPO, capture_output=True, text=True, timeout=30, check=False
-        )
-        assert result.returncode == 0, result.stderr
-        assert '"status":"queued"' in result.stdout, result.stdout
-        trace_id = re.search(r'"trace_id":"([0-9a-f]{32})"', result.stdout)
-        assert trace_id
 
-        dsn = f"postgresql://postgres@127.0.0.1:{ports['PG_PORT']}/wabot"
+def wait_row(run: MakeRun) -> tuple[str, str]:
+    dsn = f"postgresql://postgres@127.0.0.1:{run.ports['PG_PORT']}/wabot"
 
-        def row() -> tuple[str, str] | None:
-            with psycopg.connect(dsn) as conn:
-                return conn.execute(
-                    "SELECT message_id, trace_id FROM healthcare.whatsapp_messages"
-                ).fetchone()
+    def row() -> tuple[str, str] | None:
+        with psycopg.connect(dsn) as conn:
+            return conn.execute(
+                "SELECT message_id, trace_id FROM healthcare.whatsapp_messages"
+            ).fetchone()
 
-        found = wait_for(row, timeout=20, what="the curl'd message as a row")
-        assert found == ("3EB0C767D26A3D2B9F1A", trace_id.group(1))
+    return wait_for(row, timeout=20, what="the curl'd message as a row")
 
-        # The trace, through the Jaeger URL `make run` printed.
-        printed = re.search(r"^\s+jaeger\s+(http://\S+)", log.read_text(), re.M)
-        assert printed, "make run printed no Jaeger URL"
-        assert printed.group(1) == f"http://127.0.0.1:{ports['JAEGER_UI_PORT']}"
 
-        def services_in_trace() -> set[str] | None:
-            status, body = http_get(f"{printed.group(1)}/api/traces/{trace_id.group(1)}")
-            if status != 200:
-                return None
-            trace = json.loads(body)["data"][0]
-            services = {p["serviceName"] for p in trace["processes"].values()}
-            names = {s["operationName"] for s in trace["spans"]}
-            done = services >= {"ingest", "worker"} and "process whatsapp:inbound" in names
-            return services if done else None
+def test_make_run_starts_everything_a_curl_ends_as_a_row_and_ctrl_c_under_tee_stops_all(
+    piped_make_run: MakeRun,
+) -> None:
+    run = piped_make_run
+    assert http_get(f"http://127.0.0.1:{run.ports['WORKER_HEALTH_PORT']}/health")[0] == 200
+    trace_id = curl_the_readme_sample(run)
+    assert wait_row(run) == ("3EB0C767D26A3D2B9F1A", trace_id)
 
-        wait_for(services_in_trace, timeout=30, what="the curl'd message's trace in Jaeger")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-    text = log.read_text()
-    assert "run: stopped" in text
-    assert '"message": "shutdown complete"' in text  # the worker drained
+    # The trace, through the Jaeger URL `make run` printed.
+    printed = re.search(r"^\s+jaeger\s+(http://\S+)", run.output.read_text(), re.M)
+    assert printed, "make run printed no Jaeger URL"
+    assert printed.group(1) == f"http://127.0.0.1:{run.ports['JAEGER_UI_PORT']}"
+    process_span = names.process_span_name(names.DEFAULT_STREAM)
+
+    def services_in_trace() -> set[str] | None:
+        status, body = http_get(f"{printed.group(1)}/api/traces/{trace_id}")
+        if status != 200:
+            return None
+        trace = json.loads(body)["data"][0]
+        services = {p["serviceName"] for p in trace["processes"].values()}
+        span_names = {s["operationName"] for s in trace["spans"]}
+        done = services >= {"ingest", "worker"} and process_span in span_names
+        return services if done else None
+
+    wait_for(services_in_trace, timeout=30, what="the curl'd message's trace in Jaeger")
+
+    # Ctrl-C: tee dies first, so the runner's stop happens with its output
+    # gone; still all of Redis, PostgreSQL, ingest, worker, the collector,
+    # Jaeger, Prometheus and Alertmanager stop, the services gracefully.
+    run.kill_tee()
+    run.signal_group(signal.SIGINT)
+    run.wait_stopped()
+    assert '"message": "shutdown complete"' in run.log("worker")  # the worker drained
+
+
+def test_make_run_without_observability_stops_on_sigterm(bare_make_run: MakeRun) -> None:
+    run = bare_make_run
+    assert not re.search(r"^\s+jaeger\s", run.output.read_text(), re.M)
+    trace_id = curl_the_readme_sample(run)
+    assert wait_row(run) == ("3EB0C767D26A3D2B9F1A", trace_id)
+    run.process.send_signal(signal.SIGTERM)  # make forwards it to the runner
+    run.wait_stopped()
+    text = run.output.read_text()
+    assert text.index("run: stopping...") < text.index("run: stopped")
+    assert '"message": "shutdown complete"' in text  # the worker's log, shown and drained

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import Stack
-from tests.support.procs import wait_for
+from tests.support.stack.net import wait_for
+from tests.support.stack.pipeline import Stack
+from wabot_shared import names
 
 
 def latest(points: list[dict[str, Any]]) -> dict[str, Any]:
@@ -29,14 +30,6 @@ def test_pipeline_metrics_are_exported(stack: Stack, samples: dict[str, dict[str
             what=f"metric {name} from {service}",
         )
 
-    def cumulative(name: str, service: str, **attrs: Any) -> float:
-        """Sum over matching series of each series' latest (cumulative) value."""
-        series: dict[frozenset[tuple[str, Any]], float] = {}
-        for p in stack.metric_points(name, service):
-            if all(p["attributes"].get(k) == v for k, v in attrs.items()):
-                series[frozenset(p["attributes"].items())] = p["value"]
-        return sum(series.values())
-
     sent = points("messaging.client.sent.messages", "ingest")
     assert sent[-1]["attributes"] == {
         "messaging.system": "redis",
@@ -44,31 +37,31 @@ def test_pipeline_metrics_are_exported(stack: Stack, samples: dict[str, dict[str
         "messaging.operation.name": "send",
     }
     wait_for(
-        lambda: cumulative("messaging.client.sent.messages", "ingest") == upserts + 1,
+        lambda: stack.cumulative("messaging.client.sent.messages", "ingest") == upserts + 1,
         timeout=15,
         what="sent count",
     )
     wait_for(
         lambda: (
-            cumulative("whatsapp.webhook.events", "ingest", **{"whatsapp.outcome": "ignored"})
+            stack.cumulative("whatsapp.webhook.events", "ingest", **{names.ATTR_OUTCOME: "ignored"})
             == ignored
         ),
         timeout=15,
         what="ignored events counted",
     )
     wait_for(
-        lambda: cumulative("messaging.client.consumed.messages", "worker") == upserts + 1,
+        lambda: stack.cumulative("messaging.client.consumed.messages", "worker") == upserts + 1,
         timeout=15,
         what="consumed count",
     )
     consumed = latest(points("messaging.client.consumed.messages", "worker"))
-    assert consumed["attributes"]["messaging.consumer.group.name"] == "workers"
+    assert consumed["attributes"]["messaging.consumer.group.name"] == names.DEFAULT_GROUP
     wait_for(
         lambda: (
-            cumulative("whatsapp.message.outcomes", "worker", **{"whatsapp.outcome": "processed"})
+            stack.cumulative(names.METRIC_OUTCOMES, "worker", **{names.ATTR_OUTCOME: "processed"})
             == upserts
-            and cumulative(
-                "whatsapp.message.outcomes", "worker", **{"whatsapp.outcome": "duplicate"}
+            and stack.cumulative(
+                names.METRIC_OUTCOMES, "worker", **{names.ATTR_OUTCOME: "duplicate"}
             )
             == 1
         ),
@@ -100,9 +93,9 @@ def test_pipeline_metrics_are_exported(stack: Stack, samples: dict[str, dict[str
     # Queue gauges settle at: nothing pending, nothing lagging, every entry still in the stream.
     wait_for(
         lambda: (
-            cumulative("whatsapp.queue.pending", "worker") == 0
-            and cumulative("whatsapp.queue.lag", "worker") == 0
-            and cumulative("whatsapp.queue.length", "worker") == upserts + 1
+            stack.cumulative("whatsapp.queue.pending", "worker") == 0
+            and stack.cumulative("whatsapp.queue.lag", "worker") == 0
+            and stack.cumulative("whatsapp.queue.length", "worker") == upserts + 1
         ),
         timeout=15,
         what="queue gauges",

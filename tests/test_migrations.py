@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,11 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import run_migrate
-from tests.support.procs import BIN, REPO
+from tests.support.stack.env import clean_env
+from tests.support.stack.paths import BIN, MIGRATIONS
+from tests.support.stack.services import run_migrate
 
-MIGRATIONS = REPO / "migrations"
-FILES = sorted(p.name for p in (REPO / "migrations").glob("*.sql"))
+FILES = sorted(p.name for p in MIGRATIONS.glob("*.sql"))
 
 
 # --- helpers -----------------------------------------------------------------
@@ -44,16 +43,11 @@ def table_exists(dsn: str, qualified: str) -> bool:
 
 
 def migrate_env(dsn: str | None, **env: str) -> dict[str, str]:
-    full = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("OTEL_") and k not in ("DATABASE_URL", "MIGRATIONS_DIR")
-    }
-    if dsn is not None:
-        full["DATABASE_URL"] = dsn
-    full["MIGRATIONS_DIR"] = str(MIGRATIONS)
-    full.update(env)
-    return full
+    """The environment of a ``migrate`` run: no DATABASE_URL unless ``dsn``."""
+    database = {"DATABASE_URL": dsn} if dsn is not None else {}
+    return clean_env(
+        "DATABASE_URL", "MIGRATIONS_DIR", MIGRATIONS_DIR=str(MIGRATIONS), **database, **env
+    )
 
 
 def applied_by(stdout: str) -> list[str]:

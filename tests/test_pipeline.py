@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import Stack
+from tests.support.stack.net import wait_for
+from tests.support.stack.pipeline import Stack
 
 
 def is_upsert(sample: dict[str, Any]) -> bool:
@@ -35,9 +36,7 @@ def test_each_sample_gets_its_documented_answer_and_one_row(
     ids = sorted(r["message_id"] for r in rows)
     assert ids == sorted(s["data"]["key"]["id"] for s in upserts.values())
     # Both deliveries of every message have been processed (and the second deduplicated).
-    from tests.support.procs import wait_for
-
-    wait_for(lambda: _pending(stack) == 0, timeout=20, what="no pending entries")
+    wait_for(lambda: stack.queue.pending() == 0, timeout=20, what="no pending entries")
     assert len(stack.rows()) == len(upserts)
     for row in rows:
         sample = next(s for s in upserts.values() if s["data"]["key"]["id"] == row["message_id"])
@@ -46,13 +45,3 @@ def test_each_sample_gets_its_documented_answer_and_one_row(
         assert row["instance_name"] == sample["instance"]
         assert row["raw_payload"] == sample
         assert row["message_type"] == sample["data"]["messageType"]
-
-
-def _pending(stack: Stack) -> int:
-    import redis
-
-    client = redis.Redis.from_url(stack.redis.url)
-    try:
-        return int(client.xpending(stack.stream, "workers")["pending"])
-    finally:
-        client.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -13,9 +12,9 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from tests.conftest import Stack
-from tests.support.otlp import OtlpSink
-from tests.support.procs import free_port, wait_for
+from tests.support.otlp import OtlpStore
+from tests.support.stack.net import free_port, wait_for
+from tests.support.stack.pipeline import Stack
 
 
 class GrpcSink:
@@ -23,15 +22,7 @@ class GrpcSink:
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.decoder = OtlpSink.__new__(OtlpSink)
-        self.decoder.spans, self.decoder.logs, self.decoder.metrics, self.decoder.raw = (
-            [],
-            [],
-            [],
-            [],
-        )
-        self.decoder.lock = threading.Lock()
-        decoder = self.decoder
+        self.decoder = decoder = OtlpStore()
 
         class Traces(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request: Any, context: Any) -> Any:

@@ -20,8 +20,10 @@ import secrets
 import time
 from typing import Any
 
-from tests.observability.backend import Collector, Jaeger, Prometheus, http_text
-from tests.support.procs import wait_for
+from tests.support.stack.alerting import Prometheus
+from tests.support.stack.backend import Collector, Jaeger
+from tests.support.stack.net import http_text, wait_for
+from wabot_shared import names
 
 JID = "5511987650001@s.whatsapp.net"
 PHONE = "5511987650001"
@@ -60,7 +62,7 @@ def span(trace_id: str, span_id: str, **attributes: str) -> dict[str, Any]:
     return {
         "traceId": trace_id,
         "spanId": span_id,
-        "name": "process whatsapp:inbound",
+        "name": names.process_span_name(names.DEFAULT_STREAM),
         "kind": 5,  # CONSUMER
         "startTimeUnixNano": str(now - 300_000_000),
         "endTimeUnixNano": str(now),

@@ -13,8 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.observability.backend import Jaeger, Prometheus
-from tests.observability.conftest import ObsStack
 from tests.observability.opsfiles import (
     dashboard_prom_exprs,
     grafana_to_promql,
@@ -22,7 +20,10 @@ from tests.observability.opsfiles import (
     load_recording_rules,
     strip_thresholds,
 )
-from tests.support.procs import RedisServer, free_port, wait_for
+from tests.support.stack.alerting import Prometheus
+from tests.support.stack.backend import Jaeger, ObsStack
+from tests.support.stack.net import free_port, wait_for
+from tests.support.stack.servers import RedisServer
 
 
 def value(prometheus: Prometheus, expr: str) -> float | None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.observability.backend import Collector, Jaeger, http_json
-from tests.observability.conftest import ObsStack
-from tests.support.procs import wait_for
+from tests.support.stack.backend import Collector, Jaeger, ObsStack
+from tests.support.stack.net import http_json, wait_for
+from wabot_shared import names
 
 SERVER_SPAN = "POST /webhooks/evolution"
 
@@ -98,7 +98,7 @@ def test_webhook_is_one_trace_in_jaeger_with_semantic_conventions(
         assert span["tags"]["messaging.operation.name"] == operation
         assert span["tags"]["messaging.destination.name"] == stream
     assert process["tags"]["messaging.message.id"] == send["tags"]["messaging.message.id"]
-    assert process["tags"]["messaging.consumer.group.name"] == "workers"
+    assert process["tags"]["messaging.consumer.group.name"] == names.DEFAULT_GROUP
     assert row["stream_id"] == send["tags"]["messaging.message.id"]
     insert = by_name(spans, "INSERT")
     assert insert["tags"]["db.system.name"] == "postgresql"

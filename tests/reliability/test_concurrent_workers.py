@@ -6,15 +6,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from tests.conftest import Stack, wait_worker_up
-from tests.reliability.conftest import (
-    EvolutionLoad,
-    Oracle,
-    cumulative,
-    messages,
-    start_worker,
-)
-from tests.support.procs import wait_for
+from tests.support.load import EvolutionLoad
+from tests.support.oracle import Oracle
+from tests.support.stack.net import wait_for
+from tests.support.stack.pipeline import Stack, wait_worker_up
+from tests.support.stack.services import messages
+from wabot_shared import names
 
 NAMES = ("w-0", "w-1", "w-2")
 
@@ -23,7 +20,7 @@ def test_three_workers_never_process_one_entry_twice(
     stack: Stack, make_load: Callable[..., EvolutionLoad], oracle: Oracle
 ) -> None:
     stack.start_ingest()
-    workers = [start_worker(stack, name, wait=False) for name in NAMES]
+    workers = [stack.start_worker(name, wait=False) for name in NAMES]
     for worker in workers:
         wait_worker_up(worker)
     load = make_load(rate=40, count=200).start()
@@ -31,9 +28,7 @@ def test_three_workers_never_process_one_entry_twice(
     tally = oracle.check(load)
 
     def outcome(name: str) -> float:
-        return cumulative(
-            stack, "whatsapp.message.outcomes", "worker", **{"whatsapp.outcome": name}
-        )
+        return stack.cumulative(names.METRIC_OUTCOMES, "worker", **{names.ATTR_OUTCOME: name})
 
     wait_for(
         lambda: outcome("processed") == tally.rows,
@@ -46,7 +41,7 @@ def test_three_workers_never_process_one_entry_twice(
     assert redeliveries == 0
     assert outcome("duplicate") <= load.retried()
 
-    span_name = f"process {stack.stream}"
+    span_name = names.process_span_name(stack.stream)
     stream_ids = {row["stream_id"] for row in stack.rows()}
 
     def process_spans() -> list[dict[str, Any]]:

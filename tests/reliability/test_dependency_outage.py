@@ -8,34 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from tests.conftest import WEBHOOK_SECRET, Stack
-from tests.reliability.conftest import (
-    EvolutionLoad,
-    Oracle,
-    QueueView,
-    create_database,
-    health,
-    messages,
-    start_worker,
-    use_database,
-    use_redis,
-    worker_check,
-)
-from tests.support.procs import (
-    REPO,
-    PostgresServer,
-    RedisServer,
-    http_get,
-    run_migrate_cmd,
-    wait_for,
-)
-
-
-def unacknowledged(queue: QueueView) -> int:
-    group = queue.group()
-    return int(group["pending"]) + int(group["lag"])
+from tests.support.load import EvolutionLoad
+from tests.support.oracle import Oracle
+from tests.support.stack.net import http_get, wait_for
+from tests.support.stack.paths import MIGRATIONS
+from tests.support.stack.pipeline import Stack
+from tests.support.stack.queue import QueueView
+from tests.support.stack.servers import PostgresServer, RedisServer, create_database
+from tests.support.stack.services import health, messages, run_migrate, worker_check
 
 
 def failing_checks(body: dict[str, Any]) -> set[str]:
@@ -49,9 +29,9 @@ def test_redis_stopped_and_restarted(
     oracle: Oracle,
     template: dict[str, Any],
 ) -> None:
-    use_redis(stack, own_redis)
+    stack.use_redis(own_redis)
     stack.start_ingest()
-    worker = start_worker(stack)
+    worker = stack.start_worker()
     load = make_load(rate=30, count=210).start()
     wait_for(lambda: len(stack.rows()) >= 30, timeout=20, what="30 rows before the outage")
 
@@ -64,12 +44,7 @@ def test_redis_stopped_and_restarted(
     for message_id in probes:
         body = json.loads(json.dumps(template))
         body["data"]["key"]["id"] = message_id
-        resp = httpx.post(
-            stack.url("/webhooks/evolution"),
-            json=body,
-            headers={"x-webhook-secret": WEBHOOK_SECRET},
-            timeout=10,
-        )
+        resp = stack.post(body)
         assert resp.status_code == 503, resp.text
         assert resp.headers.get("retry-after"), "503 without Retry-After"
     unavailable = load.outcomes()["503"]
@@ -99,9 +74,9 @@ def test_postgres_stopped_and_restarted(
     oracle: Oracle,
     queue: QueueView,
 ) -> None:
-    use_database(stack, create_database(own_postgres, migrated=True))
+    stack.use_database(create_database(own_postgres, migrated=True))
     stack.start_ingest()
-    worker = start_worker(stack)
+    worker = stack.start_worker()
     wait_for(lambda: health(worker)[0] == 200, timeout=15, what="worker /health 200")
     load = make_load(rate=30, count=240).start()
     wait_for(lambda: len(stack.rows()) >= 30, timeout=20, what="30 rows before the outage")
@@ -112,11 +87,11 @@ def test_postgres_stopped_and_restarted(
     )
     assert "postgres" in failing_checks(health(worker)[1])
     acked = queue.acked()
-    backlog = unacknowledged(queue)
+    backlog = queue.unacknowledged()
     # Nothing is acknowledged while nothing can be stored: the backlog grows (as
     # pending entries the worker retries, and as entries it has not read yet).
     wait_for(
-        lambda: unacknowledged(queue) >= backlog + 30,
+        lambda: queue.unacknowledged() >= backlog + 30,
         timeout=15,
         what=f"the unacknowledged backlog to grow beyond {backlog} + 30 while PostgreSQL is down",
     )
@@ -126,7 +101,7 @@ def test_postgres_stopped_and_restarted(
     assert worker.alive()
     retries = messages(worker, "transient failures in batch; retrying pending entries")
     assert retries, "the worker did not back off"
-    print(f"\nduring the outage: acked={acked} backlog {backlog} -> {unacknowledged(queue)}")
+    print(f"\nduring the outage: acked={acked} backlog {backlog} -> {queue.unacknowledged()}")
 
     own_postgres.start()
     wait_for(lambda: health(worker)[0] == 200, timeout=30, what="worker /health 200 again")
@@ -141,8 +116,8 @@ WITHOUT_INSTANCES_TABLE = ("001_base_schema.sql", "003_whatsapp_messages.sql")
 def migrate_partially(dsn: str, directory: Path) -> None:
     directory.mkdir()
     for name in WITHOUT_INSTANCES_TABLE:
-        shutil.copy(REPO / "migrations" / name, directory / name)
-    result = run_migrate_cmd(dsn, MIGRATIONS_DIR=str(directory))
+        shutil.copy(MIGRATIONS / name, directory / name)
+    result = run_migrate(dsn, MIGRATIONS_DIR=str(directory))
     assert result.returncode == 0, result.stderr + result.stdout
 
 
@@ -154,12 +129,12 @@ def test_worker_starts_with_postgres_down_then_schema_and_instances_table_missin
     queue: QueueView,
 ) -> None:
     dsn = create_database(own_postgres, migrated=False)  # no tables at all
-    use_database(stack, dsn)
+    stack.use_database(dsn)
     own_postgres.stop()
 
     # 1. PostgreSQL down at start-up: the worker starts and says it is unhealthy.
     stack.start_ingest()
-    worker = start_worker(stack)
+    worker = stack.start_worker()
     assert worker.alive(), "worker exited at start-up:\n" + "\n".join(worker.log_lines()[-20:])
     status, body = health(worker)
     assert status == 503
@@ -195,7 +170,7 @@ def test_worker_starts_with_postgres_down_then_schema_and_instances_table_missin
     assert worker.alive()
 
     # 4. The full migration ran: the instance table is used from then on.
-    result = run_migrate_cmd(dsn)
+    result = run_migrate(dsn)
     assert result.returncode == 0, result.stderr + result.stdout
     load.finish(timeout=30)
     stack.register_instance(load.template["instance"])

@@ -7,19 +7,14 @@ import json
 import secrets
 from collections.abc import Callable
 
-from tests.conftest import Stack
-from tests.reliability.conftest import (
-    EvolutionLoad,
-    Oracle,
-    QueueView,
-    cumulative,
-    run_worker_cli,
-    start_worker,
-)
-from tests.support.procs import wait_for
+from tests.support.load import EvolutionLoad
+from tests.support.oracle import Oracle
+from tests.support.stack.net import wait_for
+from tests.support.stack.pipeline import Stack
+from tests.support.stack.queue import QueueView
+from wabot_shared import names
 
 MAX_DELIVERIES = 3
-DEAD_LETTER_FIELDS = {"error_type", "deliveries", "original_id", "error", "dead_lettered_at"}
 
 
 def traceparent() -> str:
@@ -52,7 +47,7 @@ def test_poison_messages_are_dead_lettered_counted_and_redriven(
     stack: Stack, make_load: Callable[..., EvolutionLoad], oracle: Oracle, queue: QueueView
 ) -> None:
     stack.start_ingest()
-    start_worker(stack, MAX_DELIVERIES=str(MAX_DELIVERIES))
+    stack.start_worker(MAX_DELIVERIES=str(MAX_DELIVERIES))
     load = make_load(rate=30, count=60).start()
 
     poison = {
@@ -63,10 +58,10 @@ def test_poison_messages_are_dead_lettered_counted_and_redriven(
     for message_id, (payload, parent) in poison.items():
         original[message_id] = queue.xadd(
             {
-                "payload": payload,
-                "event": "messages.upsert",
-                "instance": "clinic-sao-paulo",
-                "message_id": message_id,
+                names.FIELD_PAYLOAD: payload,
+                names.FIELD_EVENT: "messages.upsert",
+                names.FIELD_INSTANCE: "clinic-sao-paulo",
+                names.FIELD_MESSAGE_ID: message_id,
                 "traceparent": parent,
             }
         )
@@ -88,9 +83,7 @@ def test_poison_messages_are_dead_lettered_counted_and_redriven(
         assert fields["error"]
 
     def outcome(name: str) -> float:
-        return cumulative(
-            stack, "whatsapp.message.outcomes", "worker", **{"whatsapp.outcome": name}
-        )
+        return stack.cumulative(names.METRIC_OUTCOMES, "worker", **{names.ATTR_OUTCOME: name})
 
     processed = len(load.accepted_ids)
     wait_for(
@@ -105,7 +98,7 @@ def test_poison_messages_are_dead_lettered_counted_and_redriven(
 
     # Re-drive the unparseable one: it goes back onto the stream, trace context kept.
     dead_id = dead["POISON-NOT-JSON"][0]
-    result = run_worker_cli(stack, "redrive", "--id", dead_id)
+    result = stack.run_worker_cli("redrive", "--id", dead_id)
     assert result.returncode == 0, result.stderr + result.stdout
     assert "re-drove 1 message(s)" in result.stdout
     [moved] = [
@@ -117,7 +110,7 @@ def test_poison_messages_are_dead_lettered_counted_and_redriven(
     redriven = queue.entry(moved[0])
     assert redriven["traceparent"] == poison["POISON-NOT-JSON"][1]
     assert redriven["payload"] == poison["POISON-NOT-JSON"][0]
-    assert not DEAD_LETTER_FIELDS & set(redriven)
+    assert not names.DEAD_LETTER_FIELDS & set(redriven)
     assert dead_id not in {i for i, _ in queue.dead_letters()}
 
     # Still poison: the worker dead-letters it again, from its new entry.

@@ -6,16 +6,11 @@ import signal
 import time
 from collections.abc import Callable
 
-from tests.conftest import Stack
-from tests.reliability.conftest import (
-    EvolutionLoad,
-    Oracle,
-    messages,
-    start_ingest,
-    start_worker,
-    stop_timed,
-)
-from tests.support.procs import Service, free_port, http_get, wait_for
+from tests.support.load import EvolutionLoad
+from tests.support.oracle import Oracle
+from tests.support.stack.net import free_port, http_get, wait_for
+from tests.support.stack.pipeline import Stack
+from tests.support.stack.services import Service, messages, stop_timed
 
 BUDGET_S = 5.0  # SHUTDOWN_TIMEOUT of the services under test
 
@@ -44,7 +39,7 @@ def test_worker_sigterm_under_load_five_times_in_a_row(
     load = make_load(rate=30, count=900).start()  # until stop_sending()
     exits: list[tuple[int, float]] = []
     for round_ in range(5):
-        worker = start_worker(stack, name="w-restarted", SHUTDOWN_TIMEOUT=str(BUDGET_S))
+        worker = stack.start_worker(name="w-restarted", SHUTDOWN_TIMEOUT=str(BUDGET_S))
         stored = len(stack.rows())
         wait_for(
             lambda stored=stored: len(stack.rows()) > stored,
@@ -60,7 +55,7 @@ def test_worker_sigterm_under_load_five_times_in_a_row(
     print(f"rounds done after {time.monotonic() - load.started:.1f}s of load: {load.summary()}")
 
     load.stop_sending()
-    start_worker(stack, name="w-restarted")
+    stack.start_worker(name="w-restarted")
     load.finish(timeout=40)
     oracle.check(load)
 
@@ -70,8 +65,8 @@ def test_ingest_sigterm_under_load_while_evolution_retries(
 ) -> None:
     port = free_port()
     env = {"SHUTDOWN_TIMEOUT": str(BUDGET_S), "SHUTDOWN_DRAIN_DELAY": "1"}
-    old = start_ingest(stack, port, **env)
-    start_worker(stack)
+    old = stack.start_ingest(port, **env)
+    stack.start_worker()
     load = make_load(rate=30, count=180).start()
     wait_for(lambda: load.accepted_count() >= 30, timeout=15, what="30 webhooks accepted")
 
@@ -90,7 +85,7 @@ def test_ingest_sigterm_under_load_while_evolution_retries(
     assert took <= BUDGET_S, f"ingest took {took:.2f}s to exit (budget {BUDGET_S}s)"
     assert messages(old, "draining"), "ingest did not log its drain"
 
-    start_ingest(stack, port, **env)  # the same port: Evolution's URL does not change
+    stack.start_ingest(port, **env)  # the same port: Evolution's URL does not change
     load.finish(timeout=40)
     outcomes = load.outcomes()
     refused = sum(n for o, n in outcomes.items() if not o.isdigit())

@@ -4,24 +4,14 @@ shutdown still within its budget."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import pytest
-
-from tests.conftest import Stack
-from tests.reliability.conftest import (
-    BlackHole,
-    EvolutionLoad,
-    Oracle,
-    closed_port,
-    percentile,
-    rss_kb,
-    start_ingest,
-    start_worker,
-    stop_all_timed,
-)
-from tests.support.procs import wait_for
+from tests.support.load import EvolutionLoad, percentile
+from tests.support.oracle import Oracle
+from tests.support.stack.net import BlackHole, closed_port, wait_for
+from tests.support.stack.pipeline import Stack
+from tests.support.stack.services import rss_kb, stop_all_timed
 
 BUDGET_S = 5.0  # SHUTDOWN_TIMEOUT
 # The stated bounds, relative to the baseline measured in the same test.
@@ -47,15 +37,6 @@ class Phase:
         )
 
 
-@pytest.fixture
-def black_hole() -> Iterator[BlackHole]:
-    hole = BlackHole().start()
-    try:
-        yield hole
-    finally:
-        hole.stop()
-
-
 def test_otlp_endpoint_down_or_black_holed(
     stack: Stack,
     make_load: Callable[..., EvolutionLoad],
@@ -72,7 +53,7 @@ def test_otlp_endpoint_down_or_black_holed(
     for name, endpoint in endpoints.items():
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "SHUTDOWN_TIMEOUT": str(BUDGET_S)}
         stack.env.update(env)  # for the services of this phase
-        services = {"ingest": start_ingest(stack), "worker": start_worker(stack)}
+        services = {"ingest": stack.start_ingest(), "worker": stack.start_worker()}
         load = make_load(rate=40, count=160).start()
         loads.append(load)
         # RSS once the load is flowing (the first requests warm caches up).

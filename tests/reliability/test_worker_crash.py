@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.conftest import Stack
-from tests.reliability.conftest import (
-    EvolutionLoad,
-    Oracle,
-    QueueView,
-    cumulative,
-    messages,
-    start_worker,
-)
-from tests.support.procs import wait_for
+from tests.support.load import EvolutionLoad
+from tests.support.oracle import Oracle
+from tests.support.stack.net import wait_for
+from tests.support.stack.pipeline import Stack
+from tests.support.stack.queue import QueueView
+from tests.support.stack.services import messages
+from wabot_shared import names
 
 
 def assert_rows_carry_their_trace(stack: Stack, load: EvolutionLoad) -> None:
@@ -31,7 +28,7 @@ def test_worker_killed_after_read_its_entries_are_reclaimed_by_another_worker(
     load = make_load(rate=30, count=120).start()
     # A backlog first, so worker A's first read takes a whole batch with it.
     wait_for(lambda: queue.length() >= 20, timeout=15, what="a backlog of 20 stream entries")
-    worker_a = start_worker(stack, name="w-a", FAULT_INJECTION="crash_after_read")
+    worker_a = stack.start_worker(name="w-a", must_live=False, FAULT_INJECTION="crash_after_read")
     wait_for(
         lambda: not worker_a.alive(), timeout=20, what="worker A to SIGKILL itself after XREADGROUP"
     )
@@ -41,7 +38,7 @@ def test_worker_killed_after_read_its_entries_are_reclaimed_by_another_worker(
     assert orphaned, "worker A died holding no entries"
 
     # B never shares A's name; it must take A's entries over once idle for 1 s.
-    worker_b = start_worker(stack, name="w-b", RECLAIM_MIN_IDLE_MS="1000", RECLAIM_INTERVAL="0.5")
+    worker_b = stack.start_worker(name="w-b", RECLAIM_MIN_IDLE_MS="1000", RECLAIM_INTERVAL="0.5")
     wait_for(
         lambda: not queue.pending_ids("w-a"),
         timeout=20,
@@ -63,7 +60,7 @@ def test_worker_killed_between_commit_and_ack_redelivery_is_a_counted_duplicate(
     stack.start_ingest()
     load = make_load(rate=30, count=90).start()
     wait_for(lambda: queue.length() >= 5, timeout=15, what="a backlog of 5 stream entries")
-    worker = start_worker(stack, name="w-crash", FAULT_INJECTION="crash_before_ack")
+    worker = stack.start_worker(name="w-crash", must_live=False, FAULT_INJECTION="crash_before_ack")
     wait_for(
         lambda: not worker.alive(), timeout=20, what="the worker to SIGKILL itself before XACK"
     )
@@ -74,23 +71,20 @@ def test_worker_killed_between_commit_and_ack_redelivery_is_a_counted_duplicate(
     assert committed, "the crash before XACK left no committed-but-pending entry"
 
     # The same container restarted: same consumer name, own pending entries first.
-    start_worker(stack, name="w-crash")
+    stack.start_worker(name="w-crash")
     load.finish(timeout=30)
     oracle.check(load)
 
+    def duplicates() -> float:
+        return stack.cumulative(
+            names.METRIC_OUTCOMES, "worker", **{names.ATTR_OUTCOME: "duplicate"}
+        )
+
     wait_for(
-        lambda: (
-            cumulative(
-                stack, "whatsapp.message.outcomes", "worker", **{"whatsapp.outcome": "duplicate"}
-            )
-            >= len(committed)
-        ),
+        lambda: duplicates() >= len(committed),
         timeout=15,
         what=f"{len(committed)} duplicate outcome(s) counted",
     )
-    duplicates = cumulative(
-        stack, "whatsapp.message.outcomes", "worker", **{"whatsapp.outcome": "duplicate"}
-    )
     # Only the redelivered entries (and, at most, webhooks Evolution re-sent) are duplicates.
-    assert len(committed) <= duplicates <= len(committed) + load.retried()
+    assert len(committed) <= duplicates() <= len(committed) + load.retried()
     assert_rows_carry_their_trace(stack, load)

@@ -7,32 +7,20 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from tests.support.httpstub import StubServer
+from tests.support.httpstub import HttpStub
 
 
-class EvolutionStub:
+class EvolutionStub(HttpStub):
     """Records every request; answers 201 like Evolution does."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
-        self.server = StubServer(self._handle)
-        self.port = self.server.port
 
-    def _handle(self, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, str, bytes]:
+    def handle(self, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, str, bytes]:
         with self.lock:
             self.requests.append(
                 {"path": path, "headers": dict(headers), "json": json.loads(body or b"null")}
             )
         return 201, "application/json", b'{"key": {"id": "stub"}, "status": "PENDING"}'
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> EvolutionStub:
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
-from tests.support.procs import free_port
+from tests.support.stack.net import free_port
 
 # (path, lower-cased headers, body) -> (status, content type, response body)
 Handler = Callable[[str, Mapping[str, str], bytes], tuple[int, str, bytes]]
@@ -43,3 +43,26 @@ class StubServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class HttpStub:
+    """Base of the stand-ins: serves :meth:`handle` on its own free port between
+    :meth:`start` and :meth:`stop`."""
+
+    def __init__(self) -> None:
+        self.server = StubServer(self.handle)
+        self.port = self.server.port
+
+    def handle(self, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, str, bytes]:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Self:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()

@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from tests.support.httpstub import StubServer
+from tests.support.httpstub import HttpStub
 
 
 def any_value(v: AnyValue) -> Any:
@@ -36,8 +36,8 @@ def attrs(kvs: Any) -> dict[str, Any]:
     return {kv.key: any_value(kv.value) for kv in kvs}
 
 
-class OtlpSink:
-    """Collects everything exported to ``endpoint``."""
+class OtlpStore:
+    """Decodes OTLP export requests (protobuf) and keeps what they carried."""
 
     def __init__(self) -> None:
         self.spans: list[dict[str, Any]] = []
@@ -45,25 +45,6 @@ class OtlpSink:
         self.metrics: list[dict[str, Any]] = []
         self.raw: list[bytes] = []
         self.lock = threading.Lock()
-        self.server = StubServer(self._handle)
-        self.port = self.server.port
-
-    def _handle(self, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, str, bytes]:
-        if headers.get("content-encoding") == "gzip":
-            body = gzip.decompress(body)
-        self.receive(path, body)
-        return 200, "application/x-protobuf", b""
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> OtlpSink:
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop()
 
     def receive(self, path: str, body: bytes) -> None:
         with self.lock:
@@ -178,5 +159,34 @@ class OtlpSink:
             ]
 
 
+class OtlpSink(OtlpStore, HttpStub):
+    """An OTLP/HTTP receiver: collects everything exported to ``endpoint``."""
+
+    def __init__(self) -> None:
+        OtlpStore.__init__(self)
+        HttpStub.__init__(self)
+
+    def handle(self, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, str, bytes]:
+        if headers.get("content-encoding") == "gzip":
+            body = gzip.decompress(body)
+        self.receive(path, body)
+        return 200, "application/x-protobuf", b""
+
+    @property
+    def endpoint(self) -> str:
+        return self.url
+
+
 def kv(key: str, value: str) -> KeyValue:
     return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+def cumulative(points: list[dict[str, Any]], **attrs: Any) -> float:
+    """Sum over processes and matching series of each series' latest value
+    (counters are cumulative per process; a process is its service.instance.id)."""
+    series: dict[tuple[Any, frozenset[tuple[str, Any]]], float] = {}
+    for p in points:
+        if all(p["attributes"].get(k) == v for k, v in attrs.items()):
+            key = (p["resource"].get("service.instance.id"), frozenset(p["attributes"].items()))
+            series[key] = p["value"]
+    return sum(series.values())
