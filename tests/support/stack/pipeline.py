@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import psycopg
-import redis
 from psycopg.rows import dict_row
 
 from tests.support.otlp import OtlpSink, cumulative
@@ -272,8 +271,7 @@ class Stack:
 
     def xadd(self, fields: dict[str, str]) -> str:
         """Append an entry to this stack's stream directly (bypassing ingest)."""
-        with redis.Redis.from_url(self.redis.url, decode_responses=True) as client:
-            return str(client.xadd(self.stream, dict(fields)))
+        return self.queue.xadd(fields)
 
     def metric_points(self, name: str, service: str | None = None) -> list[dict[str, Any]]:
         """This stack's exported points of metric ``name``."""
