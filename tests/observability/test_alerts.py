@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
 import yaml
 
 from tests.observability.backend import (
@@ -34,6 +33,7 @@ from tests.observability.backend import (
 )
 from tests.observability.conftest import ObsStack
 from tests.support.procs import wait_for
+from tests.support.stack.queue import QueueView
 
 TIMEOUT = 45  # seconds for any alert transition (each takes a few seconds)
 
@@ -147,17 +147,17 @@ def test_poison_message_is_dead_lettered_and_fires_dead_letters_growing(
     )
     mark = alert_receiver.mark()
 
-    poison_id = obs_stack.xadd({"payload": "this is not JSON", "event": "messages.upsert"})
+    queue = QueueView(obs_stack)
+    poison_id = queue.xadd({"payload": "this is not JSON", "event": "messages.upsert"})
 
-    with redis.Redis.from_url(obs_stack.redis.url, decode_responses=True) as client:
-        dead = wait_for(
-            lambda: client.xrange(f"{obs_stack.stream}:dead"),
-            timeout=10,
-            what="the poison entry in the dead-letter stream",
-        )
+    dead = wait_for(
+        queue.dead_letters, timeout=10, what="the poison entry in the dead-letter stream"
+    )
     [(_, fields)] = dead
     assert fields["original_id"] == poison_id
-    assert fields["error_type"] == "PoisonMessage"
+    # Never processable: dead-lettered on its first delivery, with its cause.
+    assert fields["deliveries"] == "1", fields
+    assert fields["error_type"], fields
 
     wait_for(
         lambda: (
