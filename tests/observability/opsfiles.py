@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tests.observability.backend import GRAFANA_DIR, PROM_DIR, REPO
+from tests.support.stack.paths import GRAFANA_DIR, PROM_DIR, REPO
 
 DASHBOARD_DIR = GRAFANA_DIR / "dashboards"
 DATASOURCES = GRAFANA_DIR / "provisioning" / "datasources" / "datasources.yaml"

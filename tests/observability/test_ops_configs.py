@@ -33,15 +33,6 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.observability.backend import (
-    APT_HINT,
-    BUILD_HINT,
-    COLLECTOR_DIR,
-    PROM_DIR,
-    REPO,
-    find_binary,
-    otelcol_binary,
-)
 from tests.observability.opsfiles import (
     DATASOURCES,
     DOCS,
@@ -53,6 +44,15 @@ from tests.observability.opsfiles import (
     load_dashboards,
     load_recording_rules,
     provisioned_uids,
+)
+from tests.support.stack.paths import (
+    APT_HINT,
+    BUILD_HINT,
+    COLLECTOR_DIR,
+    PROM_DIR,
+    REPO,
+    find_binary,
+    otelcol_binary,
 )
 
 TIMEOUT = 60  # seconds, per subprocess
