@@ -20,20 +20,18 @@ from typing import Any
 
 import yaml
 
-from tests.observability.backend import (
+from tests.support.alerts import AlertReceiver
+from tests.support.stack.alerting import Alertmanager, Prometheus
+from tests.support.stack.backend import ObsStack
+from tests.support.stack.configs import (
     AM_WEBHOOK_PLACEHOLDER,
-    PROM_DIR,
     RULE_FOR,
-    Alertmanager,
-    AlertReceiver,
-    Prometheus,
     alert_rules_test_copy,
     alertmanager_test_config,
     prometheus_test_config,
 )
-from tests.observability.conftest import ObsStack
-from tests.support.procs import wait_for
-from tests.support.stack.queue import QueueView
+from tests.support.stack.net import wait_for
+from tests.support.stack.paths import PROM_DIR
 
 TIMEOUT = 45  # seconds for any alert transition (each takes a few seconds)
 
@@ -147,11 +145,12 @@ def test_poison_message_is_dead_lettered_and_fires_dead_letters_growing(
     )
     mark = alert_receiver.mark()
 
-    queue = QueueView(obs_stack)
-    poison_id = queue.xadd({"payload": "this is not JSON", "event": "messages.upsert"})
+    poison_id = obs_stack.xadd({"payload": "this is not JSON", "event": "messages.upsert"})
 
     dead = wait_for(
-        queue.dead_letters, timeout=10, what="the poison entry in the dead-letter stream"
+        obs_stack.queue.dead_letters,
+        timeout=10,
+        what="the poison entry in the dead-letter stream",
     )
     [(_, fields)] = dead
     assert fields["original_id"] == poison_id

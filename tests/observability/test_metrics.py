@@ -23,7 +23,6 @@ from tests.observability.opsfiles import (
 from tests.support.stack.alerting import Prometheus
 from tests.support.stack.backend import Jaeger, ObsStack
 from tests.support.stack.net import free_port, wait_for
-from tests.support.stack.queue import QueueView
 from tests.support.stack.servers import RedisServer
 
 
@@ -137,7 +136,7 @@ def test_every_dashboard_and_alert_expression_returns_data(
     obs_stack.post_message(sample, message_id="OBSDUPLICATE")  # -> outcome "duplicate"
     assert obs_stack.post(samples["connection-update"]).status_code == 202  # ignored
     assert obs_stack.post(sample, auth=False).status_code == 401
-    QueueView(obs_stack).xadd({"payload": "{not json"})  # poison -> dead-lettered, ERROR span
+    obs_stack.xadd({"payload": "{not json"})  # poison -> dead-lettered, ERROR span
     obs_stack.wait_rows(4)
 
     # A 503: an ingest whose Redis went away (answers 503 + Retry-After).
