@@ -38,7 +38,7 @@ dashboards:
 	$(UV) run python grafana/generate.py
 
 typecheck:
-	$(UV) run mypy services shared
+	$(UV) run mypy services shared grafana/generate.py
 
 ## bench: end-to-end throughput/latency and telemetry overhead (writes bench/results/*.json)
 bench: bootstrap

@@ -263,6 +263,8 @@ def test_alertmanager_routing_and_inhibition() -> None:
             r'alertname=~"(QueueBacklog\|MessagesStuck|MessagesStuck\|QueueBacklog)"',
             r["target_matchers"][0],
         )
+        # Alerts keep their environment: a dead worker silences only its own.
+        and set(r["equal"]) == {"service", "deployment_environment_name"}
         for r in inhibit
     ), inhibit
 
