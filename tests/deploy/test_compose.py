@@ -446,6 +446,7 @@ def test_alert_webhook_receiver_accepts_notifications() -> None:
             ),
             timeout=20,
             what="alert-webhook to pass its healthcheck",
+            interval=0.2,  # each probe is a Python process
         )
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         payload = {
