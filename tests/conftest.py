@@ -85,20 +85,14 @@ def db_dsn(postgres_server: PostgresServer, template_db: str) -> str:
 
 @pytest.fixture(scope="session")
 def otlp_sink() -> Iterator[OtlpSink]:
-    sink = OtlpSink().start()
-    try:
+    with OtlpSink() as sink:
         yield sink
-    finally:
-        sink.stop()
 
 
 @pytest.fixture(scope="session")
 def evolution_stub() -> Iterator[EvolutionStub]:
-    stub = EvolutionStub().start()
-    try:
+    with EvolutionStub() as stub:
         yield stub
-    finally:
-        stub.stop()
 
 
 @pytest.fixture

@@ -31,40 +31,28 @@ def obs_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def jaeger(obs_tmp: Path) -> Iterator[Jaeger]:
     j = Jaeger(obs_tmp)
-    j.process.start()
-    try:
+    with j.process:
         yield j
-    finally:
-        j.process.stop()
 
 
 @pytest.fixture(scope="session")
 def collector(obs_tmp: Path, jaeger: Jaeger) -> Iterator[Collector]:
     c = Collector(obs_tmp, jaeger, timings=TEST_TIMINGS)
-    c.process.start()
-    try:
+    with c.process:
         yield c
-    finally:
-        c.process.stop()
 
 
 @pytest.fixture(scope="session")
 def alert_receiver() -> Iterator[AlertReceiver]:
-    r = AlertReceiver().start()
-    try:
-        yield r
-    finally:
-        r.stop()
+    with AlertReceiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture(scope="session")
 def alertmanager(obs_tmp: Path, alert_receiver: AlertReceiver) -> Iterator[Alertmanager]:
     am = Alertmanager(obs_tmp, alert_receiver.url, timings=TEST_TIMINGS)
-    am.process.start()
-    try:
+    with am.process:
         yield am
-    finally:
-        am.process.stop()
 
 
 @pytest.fixture(scope="session")
@@ -72,14 +60,11 @@ def prometheus(
     obs_tmp: Path, collector: Collector, alertmanager: Alertmanager
 ) -> Iterator[Prometheus]:
     p = Prometheus(obs_tmp, collector, alertmanager, timings=TEST_TIMINGS)
-    p.process.start()
-    try:
+    with p.process:
         # Prometheus applies scrape targets only on its first 5s reload tick; wait
         # here once so no test's deadline has to absorb that.
         p.wait_scraping({"wabot", "otel-collector"})
         yield p
-    finally:
-        p.process.stop()
 
 
 @pytest.fixture

@@ -66,3 +66,9 @@ class HttpStub:
 
     def stop(self) -> None:
         self.server.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -112,6 +112,13 @@ class Process:
             self.wait_ready()
         return self
 
+    def __enter__(self) -> Self:
+        """Started (and ready) for the ``with`` block, stopped after it."""
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def wait_ready(self, timeout: float | None = None) -> None:
         """Until the readiness check passes; kills the process (and raises
         :class:`StartError` with its log's tail) if it exits or time runs out."""
