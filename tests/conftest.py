@@ -17,7 +17,7 @@ import pytest
 from tests.support.evolution import EvolutionStub
 from tests.support.otlp import OtlpSink
 from tests.support.stack.paths import load_samples
-from tests.support.stack.pipeline import WEBHOOK_SECRET, Stack, wait_worker_up
+from tests.support.stack.pipeline import Stack
 from tests.support.stack.servers import (
     PostgresServer,
     RedisServer,
@@ -26,10 +26,6 @@ from tests.support.stack.servers import (
     running_redis,
 )
 from tests.support.stack.services import run_migrate
-
-# Old import paths (`from tests.conftest import ...`), kept only while work in
-# progress elsewhere still uses them; import from tests.support instead.
-__all__ = ["WEBHOOK_SECRET", "Stack", "create_db", "load_samples", "run_migrate", "wait_worker_up"]
 
 UNIT_DIR = Path(__file__).parent / "unit"
 TEMPLATE_DB = "wabot_template"
