@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 async def open_pool(
-    url: str, *, max_size: int, name: str
+    url: str, *, max_size: int, name: str, timeout: float = 10.0
 ) -> AsyncConnectionPool[AsyncConnection[TupleRow]]:
     """Open an autocommit pool without waiting for the database.
 
@@ -35,7 +35,7 @@ async def open_pool(
         # after 30 s makes the next request start a fresh attempt (1 s, 2 s, ...)
         # so recovery after a long outage takes seconds, not as long again.
         reconnect_timeout=30.0,
-        timeout=10.0,
+        timeout=timeout,
     )
     await pool.open(wait=False)
     return pool

@@ -33,6 +33,10 @@ _INT64 = 2**63
 # Cheap pre-checks on the raw bytes, so the common body is parsed once by
 # orjson and never walked.
 _EXPONENT = re.compile(rb"[0-9][eE][+-]?[0-9]{3,}")
+# orjson reads an integer beyond 64 bits as a (lossy) float; such a run of
+# digits (or one inside a string, which costs only the slower parse) sends the
+# body to the exact parser.
+_LONG_INTEGER = re.compile(rb"[0-9]{20,}")
 _NUL_ESCAPE = b"\\u0000"
 # Far deeper than any real payload (quoted messages nest a few levels), and
 # shallow enough for the recursive walks below to stay within Python's stack.
@@ -119,18 +123,21 @@ def parse_json(raw: bytes) -> ParsedJson:
     The result re-encodes with :func:`dumps` and is accepted by jsonb.
     """
     issues: set[str] = set()
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        # orjson refuses NaN (good) but also valid out-of-range numbers;
-        # the slower parser tells the two apart.
+    value: Any = None
+    # orjson refuses NaN (good) but also valid out-of-range numbers; the slower
+    # exact parser tells the two apart.
+    exact = bool(_LONG_INTEGER.search(raw))
+    if not exact:
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            exact = True
+        else:
+            # Defensive: orjson refuses infinities today; keep it true if not.
+            exact = bool(_EXPONENT.search(raw)) and _has_non_finite(value)
+    if exact:
         value, out_of_range = _slow_parse(raw)
         if out_of_range:
-            issues.add(ISSUE_NUMBER_OUT_OF_RANGE)
-    else:
-        if _EXPONENT.search(raw) and _has_non_finite(value):
-            # Defensive: orjson refuses infinities today; keep it true if not.
-            value, _ = _slow_parse(raw)
             issues.add(ISSUE_NUMBER_OUT_OF_RANGE)
     if _NUL_ESCAPE in raw:
         cleaned = _without_nul(value)

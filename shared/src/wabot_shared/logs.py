@@ -2,34 +2,69 @@
 
 The same records also go to the OpenTelemetry log pipeline (OTLP) when a
 logger provider is given, so a log line can be found from its trace and back.
+Every record passes :class:`PrivacyFilter` before either handler sees it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
+import orjson
 from opentelemetry import trace
 from opentelemetry._logs import LoggerProvider
 
-from wabot_shared.privacy import scrub
+from wabot_shared.failures import classify
+from wabot_shared.privacy import ALLOWED_ATTRIBUTES, scrub
 
 # Attributes every LogRecord has; anything else was passed with ``extra=``.
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_SAFE_TYPES: dict[tuple[str, str], type[Exception]] = {}
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
-class ScrubFilter(logging.Filter):
-    """Rewrites each record's message through :func:`scrub` (idempotent)."""
+def safe_exception(exc: BaseException) -> BaseException:
+    """A stand-in for ``exc`` with the same type name, module and frames, but
+    whose message says only its kind and code: a library's message text (a
+    database's ``CONTEXT: JSON data, line 1: ...``) may quote a patient's data."""
+    cls = type(exc)
+    key = (cls.__module__, cls.__qualname__)
+    safe_cls = _SAFE_TYPES.get(key)
+    if safe_cls is None:
+        safe_cls = type(cls.__name__, (Exception,), {"__module__": cls.__module__})
+        safe_cls.__qualname__ = cls.__qualname__
+        _SAFE_TYPES[key] = safe_cls
+    failure = classify(exc)
+    text = failure.kind + (f", code {failure.code}" if failure.code else "") + "; message withheld"
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:
+        text += f"; caused by {type(cause).__name__}"
+    safe = safe_cls(text)
+    return safe.with_traceback(exc.__traceback__)
+
+
+class PrivacyFilter(logging.Filter):
+    """Keeps only allow-listed extras, scrubs the message, and replaces the
+    exception by :func:`safe_exception`. Idempotent, so running once per
+    handler is harmless."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        # Idempotent, so running once per handler is harmless.
         record.msg = scrub(record.getMessage())
         record.args = None
-        # uvicorn's ANSI-coloured duplicate of the message is noise in JSON.
-        record.__dict__.pop("color_message", None)
+        for key in [k for k in vars(record) if k not in _RESERVED]:
+            if key not in ALLOWED_ATTRIBUTES:
+                del record.__dict__[key]
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            if not getattr(exc, "_wabot_safe", False):
+                safe = safe_exception(exc)
+                safe._wabot_safe = True  # type: ignore[attr-defined]
+                record.exc_info = (type(safe), safe, exc.__traceback__)
+            record.exc_text = None
         return True
 
 
@@ -59,12 +94,12 @@ class JsonFormatter(logging.Formatter):
             out["trace_id"] = format(ctx.trace_id, "032x")
             out["span_id"] = format(ctx.span_id, "016x")
         for key, value in vars(record).items():
-            if key not in _RESERVED and not key.startswith("_"):
+            if key in ALLOWED_ATTRIBUTES:
                 out[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             out["exception.type"] = record.exc_info[0].__name__
             out["exception.stacktrace"] = scrub(self.formatException(record.exc_info))
-        return json.dumps(out, default=str, ensure_ascii=False)
+        return orjson.dumps(out, default=str).decode()
 
 
 def configure_logging(
@@ -74,16 +109,16 @@ def configure_logging(
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    scrubber = ScrubFilter()
+    privacy = PrivacyFilter()
     stdout = logging.StreamHandler(sys.stdout)
     stdout.setFormatter(JsonFormatter(service_name))
-    stdout.addFilter(scrubber)
+    stdout.addFilter(privacy)
     root.addHandler(stdout)
     if logger_provider is not None:
         from opentelemetry.instrumentation.logging.handler import LoggingHandler
 
         otlp = LoggingHandler(logger_provider=logger_provider)
-        otlp.addFilter(scrubber)
+        otlp.addFilter(privacy)
         otlp.addFilter(_NotOwnTelemetry())
         root.addHandler(otlp)
     root.setLevel(level.upper())

@@ -252,7 +252,13 @@ class StreamQueue:
                     if summary.get("min"):
                         cutoff = min(cutoff, parse_id(str(summary["min"])))
             if cutoff > (0, 0):
-                removed += int(await self.client.xtrim(key, minid=f"{cutoff[0]}-{cutoff[1]}"))
+                # Exact, not "~": approximate trimming only drops whole radix
+                # nodes (100 entries), so a quiet stream was never trimmed.
+                removed += int(
+                    await self.client.xtrim(
+                        key, minid=f"{cutoff[0]}-{cutoff[1]}", approximate=False
+                    )
+                )
         return removed
 
     async def stats(self) -> QueueStats:

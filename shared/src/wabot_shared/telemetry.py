@@ -13,10 +13,11 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +28,11 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Status
 
+from wabot_shared.privacy import ALLOWED_ATTRIBUTES, scrub
 from wabot_shared.settings import env_flag
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,66 @@ def _exporter(signal: str) -> Any:
         raise ValueError(f"unsupported exporter for {signal}: {kind} / {key[1]}")
     module, _, name = _EXPORTERS[key].partition(":")
     return getattr(importlib.import_module(module), name)()
+
+
+# A status description we set is an error type or a fixed phrase.
+_SAFE_DESCRIPTION = re.compile(r"[A-Za-z0-9_. :-]{0,80}")
+
+
+def _clean_span(span: ReadableSpan) -> ReadableSpan:
+    attributes = span.attributes or {}
+    description = span.status.description
+    name = scrub(span.name)
+    if (
+        not span.events
+        and all(key in ALLOWED_ATTRIBUTES for key in attributes)
+        and (description is None or _SAFE_DESCRIPTION.fullmatch(description))
+        and name == span.name
+    ):
+        return span
+    status = span.status
+    if description is not None and not _SAFE_DESCRIPTION.fullmatch(description):
+        status = Status(span.status.status_code)
+    events = [
+        Event(
+            event.name,
+            {k: v for k, v in (event.attributes or {}).items() if k == "exception.type"},
+            event.timestamp,
+        )
+        for event in span.events
+    ]
+    return ReadableSpan(
+        name=name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes={k: v for k, v in attributes.items() if k in ALLOWED_ATTRIBUTES},
+        events=events,
+        links=span.links,
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class AllowListSpanExporter(SpanExporter):
+    """Exports only allow-listed span attributes, exception types (never
+    exception messages or stack traces), safe status descriptions and
+    scrubbed names, whatever a library put on a span."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self.inner.export([_clean_span(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
 
 
 def build_resource(service_name: str, service_version: str, environment: str) -> Resource:
@@ -183,7 +246,9 @@ def setup_telemetry(service_name: str, service_version: str, environment: str) -
     try:
         span_exporter = _exporter("traces")
         if span_exporter is not None:
-            tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+            tracer_provider.add_span_processor(
+                BatchSpanProcessor(AllowListSpanExporter(span_exporter))
+            )
     except Exception:
         log.exception("trace exporter setup failed; spans will not be exported")
     trace.set_tracer_provider(tracer_provider)
@@ -220,4 +285,10 @@ def trace_id_hex(span: trace.Span | None = None) -> str | None:
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
 
 
-__all__ = ["Telemetry", "build_resource", "setup_telemetry", "trace_id_hex"]
+__all__ = [
+    "AllowListSpanExporter",
+    "Telemetry",
+    "build_resource",
+    "setup_telemetry",
+    "trace_id_hex",
+]

@@ -164,6 +164,9 @@ def create_app(settings: IngestSettings, version: str) -> IngestApp:
         docs_url="/docs" if dev else None,
         redoc_url="/redoc" if dev else None,
         openapi_url="/openapi.json" if dev else None,
+        # Probes every few seconds would drown the traces that matter; the
+        # webhook path writes its own spans and metrics.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.ingest = ingest
 

@@ -33,8 +33,8 @@ from wabot_ingest.enqueue import Coalescer
 from wabot_ingest.settings import IngestSettings
 from wabot_ingest.telemetry import IngestTelemetry
 from wabot_shared import names
+from wabot_shared.entry import entry_fields
 from wabot_shared.failures import classify
-from wabot_shared.jsonbody import dumps
 from wabot_shared.message import (
     KNOWN_EVENTS,
     Envelope,
@@ -204,7 +204,8 @@ class WebhookHandler:
             await send_json(send, 202, {"status": "ignored", "event": envelope.metric_event})
             return 202
         partition = names.partition_of(message.instance, message.remote_jid, self.partitions)
-        return await self._enqueue(send, envelope, message.message_id, message.issues, partition)
+        fields = entry_fields(envelope, message, partition)
+        return await self._enqueue(send, envelope, fields, message.issues, partition)
 
     async def _refuse(self, send: Send, exc: BodyError | WebhookError) -> int:
         self.telemetry.event("unknown", "rejected")
@@ -223,19 +224,11 @@ class WebhookHandler:
         self,
         send: Send,
         envelope: Envelope,
-        message_id: str,
+        fields: dict[str, str],
         issues: frozenset[str],
         partition: int,
     ) -> int:
-        fields = {
-            names.FIELD_PAYLOAD: dumps(envelope.body),
-            names.FIELD_EVENT: envelope.event,
-            names.FIELD_INSTANCE: envelope.instance,
-            names.FIELD_MESSAGE_ID: message_id,
-            names.FIELD_PARTITION: str(partition),
-        }
         if issues:
-            fields[names.FIELD_ISSUES] = ",".join(sorted(issues))
             self.telemetry.issues(issues)
         tel = self.telemetry
         with tel.tracer.start_as_current_span(

@@ -12,14 +12,14 @@ is a no-op.
 A failure fails the round's first unstored entry; its later entries were not
 attempted and wait behind it. Whether the failure counts towards
 ``MAX_DELIVERIES`` depends on its cause: a permanent one always counts; a
-transient one counts only when something else was stored since this entry
-last failed (so the dependency is evidently up and the entry is the problem).
-A real outage, where everything fails, never dead-letters anything.
+transient one counts only when the dependencies are evidently up (something
+else was stored since this entry last failed, or PostgreSQL and Redis answer
+a probe), so the entry itself is the problem. A real outage, where the
+probes fail too, never dead-letters anything.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -36,9 +36,9 @@ from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from wabot_shared import names
+from wabot_shared.entry import read_entry
 from wabot_shared.failures import Failure, classify
-from wabot_shared.jsonbody import dumps
-from wabot_shared.message import Message, WebhookError, parse_webhook, read_message
+from wabot_shared.message import Message, WebhookError
 from wabot_shared.privacy import chat_kind
 from wabot_shared.propagation import GETTER
 from wabot_shared.queue import StreamEntry, StreamQueue
@@ -77,20 +77,13 @@ class Unreadable:
 
 def decode(entry: StreamEntry) -> Work:
     """Read an entry with the same model ingest validated it with."""
-    payload = entry.fields.get(names.FIELD_PAYLOAD)
     poison_chat = f"!{entry.partition}:{entry.id}"
-    if payload is None:
+    if names.FIELD_PAYLOAD not in entry.fields:
         return Work(entry, poison_chat, Unreadable("entry has no payload", "MissingPayload"))
     try:
-        envelope = parse_webhook(payload.encode())
-        message = read_message(envelope)
+        message, raw_json = read_entry(entry.fields)
     except WebhookError as exc:
         return Work(entry, poison_chat, Unreadable(exc.detail, "InvalidPayload"))
-    carried = entry.fields.get(names.FIELD_ISSUES)
-    if carried:
-        issues = message.issues | {i for i in carried.split(",") if i}
-        message = dataclasses.replace(message, issues=frozenset(issues))
-    raw_json = dumps(envelope.body) if envelope.issues else payload
     return Work(entry, f"{message.instance}\n{message.remote_jid}", Decoded(message, raw_json))
 
 
@@ -259,9 +252,7 @@ class Pipeline:
     ) -> RoundResult:
         """Record a failure of ``work`` (the round's ``done``-th entry)."""
         now = time.monotonic()
-        counts = failure.kind == "permanent" or (
-            work.last_failed_at is not None and self.store.last_commit > work.last_failed_at
-        )
+        counts = failure.kind == "permanent" or await self._dependencies_up(work)
         work.last_failed_at = now
         if work.first_failed_at is None:
             work.first_failed_at = now
@@ -308,6 +299,17 @@ class Pipeline:
             otel_context.detach(token)
         span.end()
         return RoundResult(done, retry_at)
+
+    async def _dependencies_up(self, work: Work) -> bool:
+        if work.last_failed_at is not None and self.store.last_commit > work.last_failed_at:
+            return True
+        if not await self.store.probe():
+            return False
+        try:
+            await self.queue.client.ping()
+        except Exception:
+            return False
+        return True
 
     async def _dead_letter(
         self,

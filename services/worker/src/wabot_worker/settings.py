@@ -58,6 +58,8 @@ class WorkerSettings(QueueSettings):
     pool_size: int = Field(
         default=10, ge=1, validation_alias=env("WORKER_POOL_SIZE", "DB_POOL_SIZE")
     )
+    # How long a statement waits for a pooled connection (then: transient failure).
+    pool_timeout: float = Field(default=10.0, gt=0, validation_alias=env("WORKER_POOL_TIMEOUT"))
     # Rows written per transaction at most (group commit of concurrent chats).
     max_rows_per_commit: int = Field(
         default=1000, ge=1, validation_alias=env("WORKER_MAX_ROWS_PER_COMMIT")

@@ -6,8 +6,9 @@ trip (psycopg pipeline mode), so thousands of chats cost a few commits rather
 than one each. A failed transaction is replayed round by round, each row in
 its own transaction and stopping at a round's first failure, so one bad row
 fails only its own message and never lets a chat's later message be stored
-before it. When the replay's first attempt fails alike with a transient error
-the database is down, and every round fails at once, without waiting for each.
+before it. When a row fails with a transient error, a probe (``SELECT 1``)
+tells a database that is down (every round then fails at once, without
+waiting for each) from one that is up and refuses this row.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ ON CONFLICT (instance_name, remote_jid, from_me, message_id) DO NOTHING
 RETURNING id
 """
 _INSERT_SPAN = f"INSERT {TABLE}"
+_PROBE_TIMEOUT_S = 1.0
+_PROBE_CACHE_S = 0.5
 
 
 @dataclass(slots=True)
@@ -131,6 +134,8 @@ class MessageStore:
         # last_seen_at in one statement instead of once per message.
         self.seen_instances: set[uuid.UUID] = set()
         self.last_commit = time.monotonic()
+        self._probed_at = -1e9
+        self._probe_ok = False
 
     async def write(self, rows: list[Row]) -> Written:
         """Store one round of a chat's rows, in order; never raises."""
@@ -236,19 +241,31 @@ class MessageStore:
         self._committed([row], [inserted])
         return inserted
 
+    async def probe(self) -> bool:
+        """Whether the database answers at all (cached for a moment)."""
+        now = time.monotonic()
+        if now - self._probed_at < _PROBE_CACHE_S:
+            return self._probe_ok
+        try:
+            async with self.pool.connection(timeout=_PROBE_TIMEOUT_S) as conn:
+                await conn.execute("SELECT 1")
+            ok = True
+        except Exception:
+            ok = False
+        self._probed_at, self._probe_ok = time.monotonic(), ok
+        return ok
+
     async def _replay(self, rounds: list[_Round]) -> None:
-        any_success = False
         for index, round_ in enumerate(rounds):
             inserted: list[bool] = []
             failure: Failure | None = None
             for row in round_.rows:
                 try:
                     inserted.append(await self._insert_one(row))
-                    any_success = True
                 except Exception as exc:
                     failure = classify(exc)
                     break
-            if failure is not None and failure.transient and not any_success:
+            if failure is not None and failure.transient and not await self.probe():
                 # Down for this row as for the batch: an outage, not one bad row.
                 for rest in rounds[index:]:
                     _resolve(rest, Written([] if rest is not round_ else inserted, failure))

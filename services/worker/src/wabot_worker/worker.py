@@ -109,7 +109,9 @@ class Worker:
             s.stream_name, s.consumer_group, consumer_name, self.version
         )
         dsn = s.database_url.get_secret_value()
-        self.pool = await db.open_pool(dsn, max_size=s.pool_size, name="wabot-worker")
+        self.pool = await db.open_pool(
+            dsn, max_size=s.pool_size, name="wabot-worker", timeout=s.pool_timeout
+        )
         self._closers.append(lambda: self.pool.close(timeout=2.0))
         evolution = None
         if s.reply_enabled and s.evolution_api_url and s.evolution_api_key:

@@ -1,0 +1,45 @@
+"""The stream entry of an accepted message: written by ingest, read by the worker.
+
+The entry carries the normalized envelope (what :func:`parse_webhook` made
+storable) and a few fields the worker and operators need without decoding it:
+event, instance, message id, partition, and the codes of what ingest could
+not read. Trace context fields are added by the propagator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from wabot_shared import names
+from wabot_shared.jsonbody import dumps
+from wabot_shared.message import Envelope, Message, parse_webhook, read_message
+
+
+def entry_fields(envelope: Envelope, message: Message, partition: int) -> dict[str, str]:
+    """The fields of the stream entry for ``message``."""
+    fields = {
+        names.FIELD_PAYLOAD: dumps(envelope.body),
+        names.FIELD_EVENT: envelope.event,
+        names.FIELD_INSTANCE: envelope.instance,
+        names.FIELD_MESSAGE_ID: message.message_id,
+        names.FIELD_PARTITION: str(partition),
+    }
+    if message.issues:
+        fields[names.FIELD_ISSUES] = ",".join(sorted(message.issues))
+    return fields
+
+
+def read_entry(fields: Mapping[str, str]) -> tuple[Message, str]:
+    """The message of an entry and the JSON to store for it; raises
+    :class:`~wabot_shared.message.WebhookError` (or KeyError without payload)."""
+    payload = fields[names.FIELD_PAYLOAD]
+    envelope = parse_webhook(payload.encode())
+    message = read_message(envelope)
+    carried = fields.get(names.FIELD_ISSUES)
+    if carried:
+        issues = message.issues | {i for i in carried.split(",") if i}
+        message = dataclasses.replace(message, issues=frozenset(issues))
+    # Entries written by this version are already normalized; older ones may not be.
+    raw_json = dumps(envelope.body) if envelope.issues else payload
+    return message, raw_json
