@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ from tests.support.stack import configs
 from tests.support.stack.env import clean_env, pipeline_env
 from tests.support.stack.paths import PROM_DIR
 from tests.support.stack.process import Process, StartError, stop_together
+from tests.support.stack.queue import QueueView
 from tests.support.stack.runconfig import Console
+from tests.support.stack.servers import RedisServer
 
 
 def alive(pid: int) -> bool:
@@ -160,3 +163,14 @@ def test_console_survives_a_closed_pipe() -> None:
         console.say("stopping...")  # EPIPE: dropped, not raised
         console.say("stopped")
         assert not console.open
+
+
+def test_queue_view_sums_over_the_partitions(redis_server: RedisServer) -> None:
+    stream = "harness:" + uuid.uuid4().hex[:8]
+    queue = QueueView.at(redis_server.url, stream, partitions=3)
+    assert (queue.length(), queue.pending(), queue.lag()) == (0, 0, 0)  # nothing exists yet
+    first = queue.xadd({"n": "1"}, partition=0)
+    queue.xadd({"n": "2"}, partition=2)
+    assert queue.length() == 2
+    assert queue.entry(first) == {"n": "1"}
+    assert [fields["n"] for _, fields in queue.entries()] == ["1", "2"]

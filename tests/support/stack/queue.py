@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
@@ -32,12 +33,33 @@ class QueueTarget(Protocol):
     def stream(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class _Url:
+    url: str
+
+
+@dataclass(frozen=True)
+class Where:
+    """A fixed target: a Redis URL, a stream and its partition count."""
+
+    redis: _Url
+    stream: str
+    partitions: int = names.DEFAULT_PARTITIONS
+
+
 class QueueView:
     """Figures of ``target``'s stream, read when asked (``target`` may be re-pointed)."""
 
     def __init__(self, target: QueueTarget, group: str = names.DEFAULT_GROUP) -> None:
         self.target = target
         self.group_name = group
+
+    @classmethod
+    def at(
+        cls, redis_url: str, stream: str, partitions: int = names.DEFAULT_PARTITIONS
+    ) -> QueueView:
+        """A view of ``stream`` at ``redis_url`` without a Stack (in-process tests)."""
+        return cls(Where(_Url(redis_url), stream, partitions))
 
     @contextlib.contextmanager
     def client(self) -> Iterator[redis.Redis]:
