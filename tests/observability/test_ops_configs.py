@@ -24,7 +24,6 @@ Run: python3 -m pytest tests/observability -q
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -45,6 +44,8 @@ from tests.observability.opsfiles import (
     load_recording_rules,
     provisioned_uids,
 )
+from tests.support.stack import configs
+from tests.support.stack.env import clean_env
 from tests.support.stack.paths import (
     APT_HINT,
     BUILD_HINT,
@@ -271,19 +272,19 @@ def test_alertmanager_routing_and_inhibition() -> None:
 
 # ------------------------------------------------------------- collector ---
 def collector_env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        OTELCOL_GRPC_ENDPOINT="127.0.0.1:4317",
-        OTELCOL_HTTP_ENDPOINT="127.0.0.1:4318",
-        JAEGER_OTLP_ENDPOINT="127.0.0.1:14317",
-        PROMETHEUS_EXPORTER_ENDPOINT="127.0.0.1:8889",
-        OTELCOL_HEALTH_ENDPOINT="127.0.0.1:13133",
-        OTELCOL_METRICS_HOST="127.0.0.1",
-        OTELCOL_METRICS_PORT="8888",
-        OTELCOL_STORAGE_DIR=str(tmp_path / "storage"),
-        OTELCOL_LOGS_FILE=str(tmp_path / "logs" / "logs.jsonl"),
+    """What a native run gives the collector (the harness' renderer)."""
+    return clean_env(
+        **configs.collector_env(
+            otlp_grpc=4317,
+            otlp_http=4318,
+            prom_exporter=8889,
+            health=13133,
+            self_metrics=8888,
+            jaeger_otlp_grpc="127.0.0.1:14317",
+            storage_dir=tmp_path / "storage",
+            logs_file=tmp_path / "logs" / "logs.jsonl",
+        )
     )
-    return env
 
 
 def test_otelcol_validate(tmp_path: Path) -> None:
@@ -297,12 +298,7 @@ def test_otelcol_validate(tmp_path: Path) -> None:
 def test_otelcol_validate_with_defaults(tmp_path: Path) -> None:
     """The compose defaults (no env set) must be valid too."""
     otelcol = otelcol_binary()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OTELCOL_", "JAEGER_", "PROMETHEUS_"))
-    }
-    run([otelcol, "validate", "--config", str(COLLECTOR_DIR / "config.yaml")], env=env)
+    run([otelcol, "validate", "--config", str(COLLECTOR_DIR / "config.yaml")], env=clean_env())
 
 
 def test_manifest_has_exactly_the_components_the_config_uses() -> None:
