@@ -68,7 +68,9 @@ from tests.deploy.files import (
     required_env_names,
     services,
 )
-from tests.support.stack.net import free_port, wait_for
+from tests.support.stack.env import clean_env
+from tests.support.stack.net import free_port
+from tests.support.stack.process import Process
 from wabot_ingest.settings import IngestSettings
 from wabot_worker.settings import WorkerSettings
 
@@ -427,28 +429,21 @@ def test_alertmanager_notifies_the_alert_webhook_service() -> None:
         assert parts.port == alert_webhook_port(), url
 
 
-def test_alert_webhook_receiver_accepts_notifications() -> None:
+def test_alert_webhook_receiver_accepts_notifications(tmp_path: Path) -> None:
     port = free_port()
     script = alert_webhook_script().replace(str(alert_webhook_port()), str(port))
-    proc = subprocess.Popen(
-        [sys.executable, "-u", "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     argv = healthcheck_argv(services()["alert-webhook"])
-    try:
+    receiver = Process(
+        "alert-webhook",
+        [sys.executable, "-u", "-c", script],
+        env=clean_env(),
+        log_path=tmp_path / "alert-webhook.log",
         # Its own healthcheck is what says it is up.
-        wait_for(
-            lambda: (
-                proc.poll() is not None
-                or run_python_healthcheck(argv, alert_webhook_port(), port) == 0
-            ),
-            timeout=20,
-            what="alert-webhook to pass its healthcheck",
-            interval=0.2,  # each probe is a Python process
-        )
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        ready=lambda: run_python_healthcheck(argv, alert_webhook_port(), port) == 0,
+        ready_timeout=20,
+        ready_interval=0.2,  # each probe is a Python process
+    )
+    with receiver:
         payload = {
             "version": "4",
             "status": "firing",
@@ -462,10 +457,7 @@ def test_alert_webhook_receiver_accepts_notifications() -> None:
         )
         with urllib.request.urlopen(req, timeout=5) as resp:
             assert resp.status == 200
-    finally:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=10)
-    line = json.loads(out.splitlines()[0])
+    line = receiver.json_logs()[0]
     assert line["path"] == "/alerts"
     assert line["status"] == "firing"
     assert line["alerts"] == [{"alertname": "WorkerDown", "service": "worker"}]

@@ -59,6 +59,7 @@ class Process:
         log_path: Path,
         ready: Ready | None = None,
         ready_timeout: float = 30,
+        ready_interval: float = 0.05,
         stop_signal: int = signal.SIGTERM,
         cwd: Path = REPO,
         new_session: bool = False,
@@ -71,6 +72,7 @@ class Process:
         self.log_path = log_path
         self.ready = ready
         self.ready_timeout = ready_timeout
+        self.ready_interval = ready_interval
         self.stop_signal = stop_signal
         self.cwd = cwd
         self.new_session = new_session
@@ -132,6 +134,7 @@ class Process:
                 lambda: not self.alive() or check(),
                 timeout=timeout or self.ready_timeout,
                 what=f"{self.name} to be ready{where}",
+                interval=self.ready_interval,
             )
         except BaseException as exc:  # also Ctrl-C: nobody else would stop it
             self.kill()
