@@ -202,3 +202,13 @@ def test_event_names_normalize_and_unknown_ones_count_as_other() -> None:
         assert env.metric_event == "messages.upsert"
     other = m.parse_webhook(b'{"event": "x.y", "instance": "c"}')
     assert (other.is_message, other.metric_event) == (False, "other")
+
+
+@pytest.mark.parametrize("escape", [b"\\ud800", b"\\udfff", b"x\\ud83dy"])
+def test_lone_surrogates_are_replaced_and_recorded(escape: bytes) -> None:
+    raw = json.dumps(envelope(pushName="P")).encode().replace(b'"P"', b'"' + escape + b'"')
+    env = m.parse_webhook(raw)
+    msg = m.read_message(env)
+    assert msg.push_name is not None and "\ufffd" in msg.push_name
+    assert "surrogate_replaced" in msg.issues
+    assert m.parse_webhook(dumps(env.body).encode()).body == env.body  # re-encodes

@@ -12,8 +12,9 @@ with orjson) accept differ in three ways, and each difference used to turn a
   integer cannot be re-encoded faithfully. They become ``null`` and their
   presence is recorded as an issue, so the message is still stored.
 * U+0000 in a string is valid JSON, but PostgreSQL text and jsonb cannot hold
-  it. It is replaced by U+FFFD, deterministically, so a redelivery maps to the
-  same row, and recorded as an issue.
+  it; nor can they hold a lone UTF-16 surrogate (``"\ud800"``), which JSON's
+  grammar allows and UTF-8 cannot encode. Both are replaced by U+FFFD,
+  deterministically, so a redelivery maps to the same row, and recorded.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import orjson
 
 ISSUE_NUMBER_OUT_OF_RANGE = "number_out_of_range"
 ISSUE_NUL_REPLACED = "nul_replaced"
+ISSUE_SURROGATE_REPLACED = "surrogate_replaced"
 
 _INT64 = 2**63
 # Cheap pre-checks on the raw bytes, so the common body is parsed once by
@@ -105,6 +107,9 @@ def _slow_parse(raw: bytes) -> tuple[Any, bool]:
     return value, counter.out_of_range
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _without_nul(node: Any, depth: int = 0) -> Any:
     if isinstance(node, str):
         return node.replace("\x00", "\ufffd") if "\x00" in node else node
@@ -114,6 +119,20 @@ def _without_nul(node: Any, depth: int = 0) -> Any:
         return {_without_nul(k): _without_nul(v, depth + 1) for k, v in node.items()}
     if isinstance(node, list):
         return [_without_nul(v, depth + 1) for v in node]
+    return node
+
+
+def _without_surrogates(node: Any, depth: int = 0) -> Any:
+    if isinstance(node, str):
+        return _SURROGATE.sub("\ufffd", node)
+    if depth > _MAX_DEPTH:
+        raise MalformedJson("nested too deeply")
+    if isinstance(node, dict):
+        return {
+            _without_surrogates(k): _without_surrogates(v, depth + 1) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_without_surrogates(v, depth + 1) for v in node]
     return node
 
 
@@ -139,6 +158,12 @@ def parse_json(raw: bytes) -> ParsedJson:
         value, out_of_range = _slow_parse(raw)
         if out_of_range:
             issues.add(ISSUE_NUMBER_OUT_OF_RANGE)
+        # orjson refuses lone surrogates; only the exact parser lets them through.
+        if b"\\u" in raw:
+            cleaned = _without_surrogates(value)
+            if cleaned != value:
+                issues.add(ISSUE_SURROGATE_REPLACED)
+            value = cleaned
     if _NUL_ESCAPE in raw:
         cleaned = _without_nul(value)
         if cleaned != value:
