@@ -8,7 +8,8 @@ PYTEST_ARGS ?=
 bootstrap:
 	@scripts/bootstrap.sh
 
-## run: start Redis, PostgreSQL, migrations, ingest and worker locally (Ctrl-C stops all)
+## run: Redis, PostgreSQL, migrations, ingest, worker and the observability backend, natively
+## (tests/support/stack/run.py; Ctrl-C stops all, services first)
 run: bootstrap
 	@scripts/run-local.sh
 
