@@ -37,20 +37,21 @@ def test_worker_killed_after_read_its_entries_are_reclaimed_by_another_worker(
     orphaned = queue.pending_ids("w-a")
     assert orphaned, "worker A died holding no entries"
 
-    # B never shares A's name; it must take A's entries over once idle for 1 s.
-    worker_b = stack.start_worker(name="w-b", RECLAIM_MIN_IDLE_MS="1000", RECLAIM_INTERVAL="0.5")
+    # B never shares A's name; it takes A's partitions over once A's leases
+    # expire, and claims everything still pending in them first.
+    worker_b = stack.start_worker(name="w-b")
     wait_for(
         lambda: not queue.pending_ids("w-a"),
         timeout=20,
-        what=f"worker B to reclaim the {len(orphaned)} entries worker A left pending",
+        what=f"worker B to claim the {len(orphaned)} entries worker A left pending",
     )
     load.finish(timeout=30)
     oracle.check(load)
 
     stored = {row["stream_id"] for row in stack.rows()}
     assert set(orphaned) <= stored, "an entry worker A held was never stored"
-    reclaimed = sum(int(r.get("reclaimed", 0)) for r in messages(worker_b, "reclaimed"))
-    assert reclaimed >= len(orphaned), f"B logged {reclaimed} reclaimed, A held {len(orphaned)}"
+    claimed = sum(int(r.get("entries", 0)) for r in messages(worker_b, "claimed pending entries"))
+    assert claimed >= len(orphaned), f"B logged {claimed} claimed, A held {len(orphaned)}"
     assert_rows_carry_their_trace(stack, load)
 
 

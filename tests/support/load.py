@@ -66,8 +66,12 @@ class EvolutionLoad:
         backoff_max: float = 0.5,
         request_timeout: float = 3.0,
         concurrency: int = 8,
+        chats: int = 40,
     ) -> None:
         self.url = url
+        # Messages are spread over this many patients' chats, round robin: one
+        # chat is one partition, handled by one worker at a time.
+        self.chats = chats
         self.template = template
         self.secret = secret
         self.rate = rate
@@ -97,9 +101,14 @@ class EvolutionLoad:
         self._scheduler.start()
         return self
 
+    def chat_of(self, message_id: str) -> str:
+        """The remoteJid of a message this load sends (by its sequence number)."""
+        return f"55119{int(message_id.rsplit('-', 1)[1]) % self.chats:08d}@s.whatsapp.net"
+
     def body(self, message_id: str) -> dict[str, Any]:
         body = copy.deepcopy(self.template)
         body["data"]["key"]["id"] = message_id
+        body["data"]["key"]["remoteJid"] = self.chat_of(message_id)
         return body
 
     def _schedule(self) -> None:

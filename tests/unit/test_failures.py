@@ -36,7 +36,7 @@ def pg_error(dsn: str, sql: str) -> psycopg.Error:
         ("SELECT 1/0", "permanent", "22012"),
         ("CREATE TABLE u (v int UNIQUE); INSERT INTO u VALUES (1), (1)", "permanent", "23505"),
         ("SELECT * FROM no_such_table", "transient", "42P01"),  # not migrated yet
-        ("SELECT no_such_column FROM pg_class", "permanent", "42703"),
+        ("SELECT no_such_column FROM pg_class", "transient", "42703"),  # schema behind the code
         ("SELEC 1", "permanent", "42601"),
         ("DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '08006'; END $$", "transient", "08006"),
         ("DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '40001'; END $$", "transient", "40001"),

@@ -209,6 +209,7 @@ def test_lone_surrogates_are_replaced_and_recorded(escape: bytes) -> None:
     raw = json.dumps(envelope(pushName="P")).encode().replace(b'"P"', b'"' + escape + b'"')
     env = m.parse_webhook(raw)
     msg = m.read_message(env)
-    assert msg.push_name is not None and "\ufffd" in msg.push_name
+    assert msg.push_name is not None
+    assert "\ufffd" in msg.push_name
     assert "surrogate_replaced" in msg.issues
     assert m.parse_webhook(dumps(env.body).encode()).body == env.body  # re-encodes

@@ -39,10 +39,12 @@ _TRANSIENT_CODES: Final = frozenset(
         "40001",  # serialization_failure
         "40P01",  # deadlock_detected
         "55P03",  # lock_not_available
-        # undefined_table: the schema is not migrated yet (a worker started
-        # before `migrate`). Every message fails alike, which is an outage, not
-        # poison; /health reports it. A permanent 42 would dead-letter them all.
+        # undefined_table and undefined_column: the schema is older than the
+        # code (a worker started before `migrate`). Every message fails alike,
+        # which is an outage, not poison; /health reports it. Treated as
+        # permanent like the rest of class 42, they would dead-letter them all.
         "42P01",
+        "42703",
     }
 )
 # HTTP statuses worth retrying (the rest of 4xx never succeed unchanged).

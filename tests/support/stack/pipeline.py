@@ -44,6 +44,8 @@ def fast_settings(run_id: str) -> dict[str, str]:
         "OTEL_BLRP_SCHEDULE_DELAY": "100",
         "WORKER_BLOCK_MS": "200",
         "WORKER_STATS_INTERVAL": "0.5",
+        # A dead worker's partitions are taken over after 2 s, not 10.
+        "WORKER_PARTITION_LEASE_MS": "2000",
         "RETRY_BACKOFF_INITIAL": "0.1",
         "RETRY_BACKOFF_MAX": "1",
     }

@@ -9,18 +9,23 @@ fallback, never a crash, and an unknown instance still gets its message stored
 
 Results are cached per instance name for ``WORKER_INSTANCE_CACHE_SECONDS``
 (the tables change rarely, and a lookup per message was most of a message's
-database time); :meth:`InstanceResolver.invalidate` drops the cache.
+database time). :func:`listen_for_changes` drops the cache whenever the
+tables change (migration 006 notifies ``wabot_instances_changed``), so a newly
+registered or suspended instance takes effect at once; the TTL is the backstop
+for a missed notification.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Literal
 
-from psycopg import AsyncConnection, errors
+from psycopg import AsyncConnection, errors, sql
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
@@ -145,3 +150,55 @@ class InstanceResolver:
                 extra={"whatsapp.instance.name": name, "whatsapp.resolution": "unresolved"},
             )
         return Resolution("unresolved")
+
+
+CHANGES_CHANNEL = "wabot_instances_changed"
+
+
+async def listen_for_changes(
+    dsn: str, resolver: InstanceResolver, stop: asyncio.Event, retry_max: float = 30.0
+) -> None:
+    """Drop ``resolver``'s cache on every change notification, until ``stop``.
+
+    Reconnects with backoff; every (re)connection drops the cache too, since
+    notifications sent while disconnected are lost.
+    """
+    delay = 0.5
+    failing = False
+    while not stop.is_set():
+        try:
+            conn = await AsyncConnection.connect(dsn, autocommit=True, connect_timeout=5)
+            async with conn:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANGES_CHANNEL)))
+                resolver.invalidate()
+                delay = 0.5
+                if failing:
+                    failing = False
+                    log.warning("instance change listener reconnected")
+                notifies = conn.notifies()
+                while not stop.is_set():
+                    waiter = asyncio.ensure_future(anext(notifies))
+                    stopper = asyncio.ensure_future(stop.wait())
+                    done, _ = await asyncio.wait(
+                        {waiter, stopper}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    stopper.cancel()
+                    if waiter not in done:
+                        waiter.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await waiter
+                        break
+                    waiter.result()
+                    resolver.invalidate()
+        except Exception as exc:
+            if not failing:
+                failing = True
+                # Until it reconnects, changes take effect within the cache TTL.
+                log.warning(
+                    "instance change listener disconnected (%s); retrying",
+                    type(exc).__name__,
+                    extra={"error.type": type(exc).__name__},
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, retry_max)

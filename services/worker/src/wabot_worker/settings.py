@@ -52,8 +52,11 @@ class WorkerSettings(QueueSettings):
     stats_interval: float = Field(default=5.0, gt=0, validation_alias=env("WORKER_STATS_INTERVAL"))
     # Partition leases: a crashed worker's partitions are taken over after this
     # long; leases are renewed (and the share rebalanced) four times per period.
+    # (RECLAIM_MIN_IDLE_MS, the setting of the same role before partitions, still works.)
     partition_lease_ms: int = Field(
-        default=10_000, ge=500, validation_alias=env("WORKER_PARTITION_LEASE_MS")
+        default=10_000,
+        ge=500,
+        validation_alias=env("WORKER_PARTITION_LEASE_MS", "RECLAIM_MIN_IDLE_MS"),
     )
     pool_size: int = Field(
         default=10, ge=1, validation_alias=env("WORKER_POOL_SIZE", "DB_POOL_SIZE")

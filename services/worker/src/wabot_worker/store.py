@@ -37,17 +37,22 @@ from wabot_worker.spans import record_children
 log = logging.getLogger("wabot.worker.store")
 
 TABLE = "healthcare.whatsapp_messages"
+_COLUMNS = (
+    "instance_name, remote_jid, from_me, message_id, participant, push_name,"
+    " message_type, text_body, raw_payload, message_timestamp, resolution,"
+    " resolved_instance, instance_id, organization_id, clinic_id, trace_id,"
+    " stream_id, received_at, parse_issues"
+)
+# Healthy = reachable *and* migrated: the table and every column written exist.
+STORE_PROBE = f"SELECT {_COLUMNS} FROM {TABLE} LIMIT 0"
 _INSERT = f"""
-INSERT INTO {TABLE} (
-    instance_name, remote_jid, from_me, message_id, participant, push_name,
-    message_type, text_body, raw_payload, message_timestamp, resolution,
-    resolved_instance, instance_id, organization_id, clinic_id, trace_id,
-    stream_id, received_at, parse_issues
-) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO {TABLE} ({_COLUMNS})
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (instance_name, remote_jid, from_me, message_id) DO NOTHING
 RETURNING id
 """
 _INSERT_SPAN = f"INSERT {TABLE}"
+
 _PROBE_TIMEOUT_S = 1.0
 _PROBE_CACHE_S = 0.5
 
@@ -242,13 +247,14 @@ class MessageStore:
         return inserted
 
     async def probe(self) -> bool:
-        """Whether the database answers at all (cached for a moment)."""
+        """Whether the table rows go to answers (cached for a moment): reachable
+        *and* migrated, or every row fails alike and none is to blame."""
         now = time.monotonic()
         if now - self._probed_at < _PROBE_CACHE_S:
             return self._probe_ok
         try:
             async with self.pool.connection(timeout=_PROBE_TIMEOUT_S) as conn:
-                await conn.execute("SELECT 1")
+                await conn.execute(STORE_PROBE)
             ok = True
         except Exception:
             ok = False

@@ -31,19 +31,16 @@ from wabot_worker.assignment import Assignment
 from wabot_worker.consumer import Consumer
 from wabot_worker.faults import Faults
 from wabot_worker.health import HealthServer
-from wabot_worker.instances import InstanceResolver
+from wabot_worker.instances import InstanceResolver, listen_for_changes
 from wabot_worker.maintenance import Maintenance
 from wabot_worker.pipeline import Pipeline
 from wabot_worker.reply import EvolutionClient
 from wabot_worker.settings import WorkerSettings
 from wabot_worker.spans import db_base_attributes
-from wabot_worker.store import MessageStore
+from wabot_worker.store import STORE_PROBE, MessageStore
 from wabot_worker.telemetry import WorkerTelemetry
 
 log = logging.getLogger("wabot.worker")
-# Healthy PostgreSQL = reachable *and* migrated: the table every message is
-# stored in exists (until then messages wait, pending, and /health says why).
-STORE_PROBE = "SELECT 1 FROM healthcare.whatsapp_messages LIMIT 0"
 # Main loop tick: how soon a crashed task or a drained burst is noticed.
 TICK_S = 0.1
 
@@ -156,6 +153,7 @@ class Worker:
         self._spawn("reader", self.consumer.read_loop(self.stop))
         self._spawn("dispatcher", self.consumer.dispatch_loop(self.stop))
         self._spawn("maintenance", self.maintenance.run(self.stop))
+        self._spawn("instances", listen_for_changes(dsn, resolver, self.stop))
         log.info(
             "worker started",
             extra={
@@ -232,7 +230,7 @@ class Worker:
             self.acker.close()
         for name in ("store", "acker"):
             await self._finish_task(name, timeout=1.0)
-        for name in ("assignment", "maintenance"):
+        for name in ("assignment", "maintenance", "instances"):
             await self._finish_task(name, timeout=0.0)
         if consumer is not None:
             with contextlib.suppress(Exception), suppress_instrumentation():
