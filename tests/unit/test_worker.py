@@ -4,6 +4,8 @@ spans, order per chat, and poison that cannot block anything else."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from typing import Any
 
@@ -249,3 +251,51 @@ def test_a_real_outage_dead_letters_nothing(
     asyncio.run(main())
     assert dead_letters(s) == []
     assert pending(s) == 5
+
+
+def test_a_crashed_loop_exits_1_after_a_complete_shutdown(
+    redis_server: RedisServer, db_dsn: str, telemetry: InMemoryTelemetry
+) -> None:
+    s = settings(redis_server, db_dsn)
+
+    async def main() -> tuple[int, bool]:
+        loop = asyncio.get_running_loop()
+        before = loop._signal_handlers.copy() if hasattr(loop, "_signal_handlers") else {}  # type: ignore[attr-defined]
+        code = await asyncio.wait_for(Worker(s, "test", faults=Faults("reader_crash")).serve(), 30)
+        after = loop._signal_handlers.copy() if hasattr(loop, "_signal_handlers") else {}  # type: ignore[attr-defined]
+        return code, before == after
+
+    code, restored = asyncio.run(main())
+    assert code == 1
+    assert restored, "signal handlers were not restored"
+    bodies = [str(r.body) for r in telemetry.log_records()]
+    assert "reader loop crashed" in bodies
+    assert "shutdown complete" in bodies
+    [done] = [r for r in telemetry.log_records() if r.body == "shutdown complete"]
+    assert dict(done.attributes or {})["exit_code"] == 1
+
+
+def test_a_signal_drains_and_exits_0(
+    redis_server: RedisServer,
+    db_dsn: str,
+    text_sample: dict[str, Any],
+    telemetry: InMemoryTelemetry,
+) -> None:
+    s = settings(redis_server, db_dsn)
+    enqueue(s, [upsert(text_sample, message_id=f"sig{i}") for i in range(20)])
+
+    async def main() -> int:
+        worker = Worker(s, "test")
+        task = asyncio.create_task(worker.serve())
+        deadline = asyncio.get_running_loop().time() + 20
+        while len(rows(db_dsn)) < 20:
+            assert asyncio.get_running_loop().time() < deadline, "messages not stored"
+            await asyncio.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return await asyncio.wait_for(task, 15)
+
+    assert asyncio.run(main()) == 0
+    assert pending(s) == 0
+    bodies = [str(r.body) for r in telemetry.log_records()]
+    assert "SIGTERM received: draining" in bodies
+    assert "shutdown complete" in bodies

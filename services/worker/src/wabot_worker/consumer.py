@@ -120,6 +120,7 @@ class Consumer:
         block_s = self.settings.block_ms / 1000
         while not stop.is_set():
             self.tick()
+            self.faults.raise_at("reader_crash")
             room = self.settings.max_buffered - self.scheduler.size
             if room <= 0:
                 self.changed.clear()

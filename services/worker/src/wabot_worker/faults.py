@@ -20,6 +20,7 @@ FaultPoint = Literal[
     "crash_after_read",  # entries read (and pending), nothing stored
     "crash_before_ack",  # rows committed, entries not acknowledged
     "hang_processing",  # a handler that never returns
+    "reader_crash",  # a bug in the reading loop itself
 ]
 
 
@@ -34,6 +35,11 @@ class Faults:
         if self.point == point:
             log.warning("fault injection: SIGKILL at %s", point)
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def raise_at(self, point: FaultPoint) -> None:
+        """Raise an unexpected error if ``point`` is the configured one."""
+        if self.point == point:
+            raise RuntimeError(f"fault injection: {point}")
 
     async def hang_at(self, point: FaultPoint) -> None:
         """Never return if ``point`` is the configured one."""
