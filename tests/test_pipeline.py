@@ -6,6 +6,7 @@ from typing import Any
 
 from tests.support.stack.net import wait_for
 from tests.support.stack.pipeline import Stack
+from wabot_shared.minimize import minimize
 
 
 def is_upsert(sample: dict[str, Any]) -> bool:
@@ -43,5 +44,11 @@ def test_each_sample_gets_its_documented_answer_and_one_row(
         assert row["remote_jid"] == sample["data"]["key"]["remoteJid"]
         assert row["from_me"] == sample["data"]["key"]["fromMe"]
         assert row["instance_name"] == sample["instance"]
-        assert row["raw_payload"] == sample
+        # What is stored is the minimized envelope: no instance token, no media keys.
+        assert row["raw_payload"] == minimize(sample)
+        assert "apikey" not in row["raw_payload"]
+        # ... and only sealed: the clear columns are empty.
+        [sealed] = stack.rows("id = %s", (row["id"],), sealed=True)
+        assert sealed["raw_payload"] is None and sealed["text_body"] is None
+        assert sealed["content_key_id"] == "test1"
         assert row["message_type"] == sample["data"]["messageType"]

@@ -1,7 +1,9 @@
 """The stream entry of an accepted message: written by ingest, read by the worker.
 
 The entry carries the normalized envelope (what :func:`parse_webhook` made
-storable) and a few fields the worker and operators need without decoding it:
+storable), minimized (:mod:`wabot_shared.minimize`) and sealed when content
+keys are configured, and a few fields the worker and operators need without
+decoding it:
 event, instance, message id, partition, and the codes of what ingest could
 not read. Trace context fields are added by the propagator.
 """
@@ -12,14 +14,26 @@ import dataclasses
 from collections.abc import Mapping
 
 from wabot_shared import names
+from wabot_shared.content import open_payload, seal_payload
+from wabot_shared.crypto import Keyring
 from wabot_shared.jsonbody import dumps
 from wabot_shared.message import Envelope, Message, parse_webhook, read_message
+from wabot_shared.minimize import minimize
 
 
-def entry_fields(envelope: Envelope, message: Message, partition: int) -> dict[str, str]:
-    """The fields of the stream entry for ``message``."""
+def entry_fields(
+    envelope: Envelope,
+    message: Message,
+    partition: int,
+    keyring: Keyring | None,
+    *,
+    keep_media_keys: bool = False,
+) -> dict[str, str]:
+    """The fields of the stream entry for ``message``: its minimized envelope,
+    sealed when keys are configured."""
+    payload = dumps(minimize(envelope.body, keep_media_keys=keep_media_keys))
     fields = {
-        names.FIELD_PAYLOAD: dumps(envelope.body),
+        names.FIELD_PAYLOAD: seal_payload(keyring, payload),
         names.FIELD_EVENT: envelope.event,
         names.FIELD_INSTANCE: envelope.instance,
         names.FIELD_MESSAGE_ID: message.message_id,
@@ -30,10 +44,11 @@ def entry_fields(envelope: Envelope, message: Message, partition: int) -> dict[s
     return fields
 
 
-def read_entry(fields: Mapping[str, str]) -> tuple[Message, str]:
+def read_entry(fields: Mapping[str, str], keyring: Keyring | None) -> tuple[Message, str]:
     """The message of an entry and the JSON to store for it; raises
-    :class:`~wabot_shared.message.WebhookError` (or KeyError without payload)."""
-    payload = fields[names.FIELD_PAYLOAD]
+    :class:`~wabot_shared.message.WebhookError`, DecryptError (sealed with no
+    configured key) or KeyError (no payload)."""
+    payload = open_payload(keyring, fields[names.FIELD_PAYLOAD])
     envelope = parse_webhook(payload.encode())
     message = read_message(envelope)
     carried = fields.get(names.FIELD_ISSUES)

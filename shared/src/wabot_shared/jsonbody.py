@@ -128,9 +128,7 @@ def _without_surrogates(node: Any, depth: int = 0) -> Any:
     if depth > _MAX_DEPTH:
         raise MalformedJson("nested too deeply")
     if isinstance(node, dict):
-        return {
-            _without_surrogates(k): _without_surrogates(v, depth + 1) for k, v in node.items()
-        }
+        return {_without_surrogates(k): _without_surrogates(v, depth + 1) for k, v in node.items()}
     if isinstance(node, list):
         return [_without_surrogates(v, depth + 1) for v in node]
     return node

@@ -12,15 +12,24 @@ the settings moved next to their services keep working.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wabot_shared import names
+from wabot_shared.crypto import DISABLED, KeyError_, Keyring, keyring_from_setting
 
 # Values people paste from examples; refused outside development.
 _PLACEHOLDER_SECRETS = frozenset(
@@ -90,6 +99,46 @@ class QueueSettings(CommonSettings):
     stream_partitions: int = Field(
         default=names.DEFAULT_PARTITIONS, ge=1, le=1024, validation_alias=env("STREAM_PARTITIONS")
     )
+    # Message content (text, names, raw payload) is stored only sealed with
+    # these keys, in the stream and in PostgreSQL; `disabled` stores it in clear.
+    message_encryption_keys: SecretStr | None = Field(
+        default=None, validation_alias=env("MESSAGE_ENCRYPTION_KEYS")
+    )
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> QueueSettings:
+        value = self.message_encryption_keys
+        if value is None:
+            if not self.is_development:
+                raise ValueError(
+                    "MESSAGE_ENCRYPTION_KEYS is required outside development "
+                    f"(<key-id>:<base64 of 32 bytes>, or '{DISABLED}' to store content in clear)"
+                )
+            return self
+        try:
+            keyring_from_setting(value.get_secret_value())
+        except KeyError_ as exc:
+            raise ValueError(f"MESSAGE_ENCRYPTION_KEYS: {exc}") from None
+        return self
+
+    def keyring(self) -> Keyring | None:
+        """The content keys; None when content is stored in clear."""
+        value = self.message_encryption_keys
+        return keyring_from_setting(value.get_secret_value() if value is not None else None)
+
+    @property
+    def encryption_disabled_explicitly(self) -> bool:
+        value = self.message_encryption_keys
+        return value is not None and value.get_secret_value().strip().lower() == DISABLED
+
+
+def warn_if_content_in_clear(settings: QueueSettings, log: logging.Logger) -> None:
+    """At every start: say so when message content is stored in clear."""
+    if settings.message_encryption_keys is None or settings.encryption_disabled_explicitly:
+        log.warning(
+            "MESSAGE_ENCRYPTION_KEYS is %s: message text, names and payloads are stored in clear",
+            "disabled" if settings.encryption_disabled_explicitly else "not set (development)",
+        )
 
 
 def check_secret(name: str, value: SecretStr | None, development: bool) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from wabot_shared.crypto import new_key_setting
+
 # Read by the SDK (OTEL_*) and by otel-collector/, jaeger/ and the tool lookups.
 CONFIG_PREFIXES = ("OTEL_", "OTELCOL_", "JAEGER_", "PROMETHEUS_", "ALERTMANAGER_")
 # The exporters' "off" switches, for runs with no OTLP endpoint at all.
@@ -31,6 +33,10 @@ def clean_env(*drop: str, **overrides: str) -> dict[str, str]:
     return env
 
 
+# Content is sealed in every test run, as in production (one key per session).
+CONTENT_KEYS = new_key_setting("test1")
+
+
 def pipeline_env(
     *,
     redis_url: str,
@@ -41,13 +47,14 @@ def pipeline_env(
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The settings ingest and worker share: where Redis, PostgreSQL and the OTLP
-    receiver are. Without an endpoint the exporters are off (unless ``extra``
-    says otherwise) instead of logging export errors."""
+    receiver are, and the content keys. Without an endpoint the exporters are
+    off (unless ``extra`` says otherwise) instead of logging export errors."""
     env = {
         "APP_ENV": app_env,
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
         "WEBHOOK_SECRET": webhook_secret,
+        "MESSAGE_ENCRYPTION_KEYS": CONTENT_KEYS,
     }
     if otlp_endpoint:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint

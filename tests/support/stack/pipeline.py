@@ -26,6 +26,8 @@ from tests.support.stack.process import Echo, stop_together
 from tests.support.stack.queue import QueueView
 from tests.support.stack.servers import RedisServer
 from tests.support.stack.services import Service, run_cli
+from wabot_shared.content import open_row
+from wabot_shared.crypto import Keyring, keyring_from_setting
 
 WEBHOOK_SECRET = "test-" + secrets.token_hex(16)
 
@@ -247,13 +249,26 @@ class Stack:
             )
         return str(org)
 
-    def rows(self, where: str = "TRUE", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    @property
+    def keyring(self) -> Keyring | None:
+        """The content keys the services were given (None: content in clear)."""
+        return keyring_from_setting(self.env.get("MESSAGE_ENCRYPTION_KEYS"))
+
+    def rows(
+        self, where: str = "TRUE", params: tuple[Any, ...] = (), *, sealed: bool = False
+    ) -> list[dict[str, Any]]:
+        """Message rows, oldest first, with their content opened (``sealed``:
+        as stored)."""
         with psycopg.connect(self.dsn, row_factory=dict_row) as conn:
-            return list(
+            rows = list(
                 conn.execute(
                     f"SELECT * FROM healthcare.whatsapp_messages WHERE {where} ORDER BY id", params
                 ).fetchall()
             )
+        if sealed:
+            return rows
+        keyring = self.keyring
+        return [open_row(keyring, row) for row in rows]
 
     def wait_rows(
         self, n: int, timeout: float = 20, where: str = "TRUE", params: tuple[Any, ...] = ()

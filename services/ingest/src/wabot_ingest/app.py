@@ -29,6 +29,7 @@ from wabot_shared import db
 from wabot_shared import queue as q
 from wabot_shared.health import Check, run_checks
 from wabot_shared.leases import Leases
+from wabot_shared.settings import warn_if_content_in_clear
 
 log = logging.getLogger("wabot.ingest")
 
@@ -75,6 +76,7 @@ class Ingest:
 
     async def start(self) -> None:
         """Create the consumer groups so no entry predates them; Redis may be down."""
+        warn_if_content_in_clear(self.settings, log)
         if self.settings.database_url is not None:
             self.pool = await db.open_pool(
                 self.settings.database_url.get_secret_value(), max_size=2, name="wabot-ingest"

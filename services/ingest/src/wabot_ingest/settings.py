@@ -43,6 +43,10 @@ class IngestSettings(QueueSettings):
         default=None, validation_alias=env("WEBHOOK_AUTH_MODES")
     )
 
+    # Keep media keys, direct media URLs and thumbnails in what is stored
+    # (off: a media key with its URL is enough to decrypt a patient's photo).
+    store_media_keys: bool = Field(default=False, validation_alias=env("STORE_MEDIA_KEYS"))
+
     # --- the server ------------------------------------------------------------------
     database_url: SecretStr | None = Field(default=None, validation_alias=env("DATABASE_URL"))
     host: str = Field(

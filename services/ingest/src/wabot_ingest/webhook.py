@@ -43,6 +43,7 @@ from wabot_shared.message import (
     read_message,
 )
 from wabot_shared.propagation import inject_into_fields
+from wabot_shared.telemetry import trace_id_hex
 
 log = logging.getLogger("wabot.ingest")
 
@@ -103,6 +104,7 @@ class WebhookHandler:
         self.telemetry = telemetry
         self.server_attributes = server_attributes
         self.partitions = settings.stream_partitions
+        self.keyring = settings.keyring()
         self.draining = False
         self.in_flight = 0
         self._retry_after = [(b"retry-after", str(settings.retry_after_seconds).encode())]
@@ -204,7 +206,13 @@ class WebhookHandler:
             await send_json(send, 202, {"status": "ignored", "event": envelope.metric_event})
             return 202
         partition = names.partition_of(message.instance, message.remote_jid, self.partitions)
-        fields = entry_fields(envelope, message, partition)
+        fields = entry_fields(
+            envelope,
+            message,
+            partition,
+            self.keyring,
+            keep_media_keys=self.settings.store_media_keys,
+        )
         return await self._enqueue(send, envelope, fields, message.issues, partition)
 
     async def _refuse(self, send: Send, exc: BodyError | WebhookError) -> int:
@@ -264,7 +272,7 @@ class WebhookHandler:
             span.set_attribute(msg.MESSAGING_MESSAGE_ID, stream_id)
             tel.sent()
             tel.event(envelope.event, "queued")
-            trace_id = format(span.get_span_context().trace_id, "032x")
+            trace_id = trace_id_hex(span)
         log.info(
             "webhook queued",
             extra={"messaging.message.id": stream_id, names.ATTR_INSTANCE: envelope.instance},

@@ -92,7 +92,7 @@ class Consumer:
             if entry.partition not in readable or key in self._held:
                 continue
             self._held.add(key)
-            self.scheduler.add(decode(entry))
+            self.scheduler.add(decode(entry, self.pipeline.keyring))
             added += 1
         if added:
             self.changed.set()

@@ -36,6 +36,8 @@ from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from wabot_shared import names
+from wabot_shared.content import seal_row
+from wabot_shared.crypto import DecryptError, Keyring
 from wabot_shared.entry import read_entry
 from wabot_shared.failures import Failure, classify
 from wabot_shared.message import Message, WebhookError
@@ -68,6 +70,14 @@ class Decoded:
 
 
 @dataclass(frozen=True, slots=True)
+class Sealed:
+    """An entry no configured key opens: retried (the key may be restored),
+    and counted only while other entries open (so the keys evidently work)."""
+
+    key_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Unreadable:
     """An entry that can never be processed; dead-lettered at once."""
 
@@ -75,15 +85,18 @@ class Unreadable:
     error_type: str
 
 
-def decode(entry: StreamEntry) -> Work:
+def decode(entry: StreamEntry, keyring: Keyring | None) -> Work:
     """Read an entry with the same model ingest validated it with."""
     poison_chat = f"!{entry.partition}:{entry.id}"
-    if names.FIELD_PAYLOAD not in entry.fields:
+    payload = entry.fields.get(names.FIELD_PAYLOAD)
+    if payload is None:
         return Work(entry, poison_chat, Unreadable("entry has no payload", "MissingPayload"))
     try:
-        message, raw_json = read_entry(entry.fields)
+        message, raw_json = read_entry(entry.fields, keyring)
     except WebhookError as exc:
         return Work(entry, poison_chat, Unreadable(exc.detail, "InvalidPayload"))
+    except DecryptError:
+        return Work(entry, poison_chat, Sealed(Keyring.key_id_of(payload)))
     return Work(entry, f"{message.instance}\n{message.remote_jid}", Decoded(message, raw_json))
 
 
@@ -118,6 +131,10 @@ class Pipeline:
         self.telemetry = telemetry
         self.evolution = evolution
         self.faults = faults
+        self.keyring = settings.keyring()
+        # When an entry last opened: a sealed entry that no key opens counts
+        # as failing only while others open.
+        self.last_opened = 0.0
 
     def _start_span(self, work: Work) -> trace.Span:
         parent = _TRACE_CONTEXT.extract(work.entry.fields, getter=GETTER)
@@ -141,6 +158,11 @@ class Pipeline:
         """Process a chat's head entries in order; never raises."""
         started = time.perf_counter()
         head = works[0].decoded
+        if isinstance(head, Sealed):
+            span = self._start_span(works[0])
+            failure = Failure("transient", "DecryptError")
+            return await self._failed(works[0], span, failure, started)
+        self.last_opened = time.monotonic()
         if isinstance(head, Unreadable):
             span = self._start_span(works[0])
             if await self._dead_letter(
@@ -170,7 +192,18 @@ class Pipeline:
         rows = [
             Row(
                 message=d.message,
-                raw_json=d.raw_json,
+                content=seal_row(
+                    self.keyring,
+                    (
+                        d.message.instance,
+                        d.message.remote_jid,
+                        d.message.from_me,
+                        d.message.message_id,
+                    ),
+                    d.message.text,
+                    d.message.push_name,
+                    d.raw_json,
+                ),
                 resolution=resolution,
                 trace_id=trace_id_hex(span),
                 stream_id=w.entry.id,
@@ -252,7 +285,10 @@ class Pipeline:
     ) -> RoundResult:
         """Record a failure of ``work`` (the round's ``done``-th entry)."""
         now = time.monotonic()
-        counts = failure.kind == "permanent" or await self._dependencies_up(work)
+        if failure.error_type == "DecryptError":
+            counts = work.last_failed_at is not None and self.last_opened > work.last_failed_at
+        else:
+            counts = failure.kind == "permanent" or await self._dependencies_up(work)
         work.last_failed_at = now
         if work.first_failed_at is None:
             work.first_failed_at = now

@@ -29,6 +29,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
+from wabot_shared.content import RowContent
 from wabot_shared.failures import Failure, classify
 from wabot_shared.message import Message
 from wabot_worker.instances import Resolution
@@ -41,13 +42,17 @@ _COLUMNS = (
     "instance_name, remote_jid, from_me, message_id, participant, push_name,"
     " message_type, text_body, raw_payload, message_timestamp, resolution,"
     " resolved_instance, instance_id, organization_id, clinic_id, trace_id,"
-    " stream_id, received_at, parse_issues"
+    " stream_id, received_at, parse_issues, text_body_enc, push_name_enc,"
+    " raw_payload_enc, content_key_id"
 )
 # Healthy = reachable *and* migrated: the table and every column written exist.
 STORE_PROBE = f"SELECT {_COLUMNS} FROM {TABLE} LIMIT 0"
 _INSERT = f"""
 INSERT INTO {TABLE} ({_COLUMNS})
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+VALUES (
+    %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+    %s, %s, %s, %s
+)
 ON CONFLICT (instance_name, remote_jid, from_me, message_id) DO NOTHING
 RETURNING id
 """
@@ -62,7 +67,7 @@ class Row:
     """One message to store, with what was learnt while handling it."""
 
     message: Message
-    raw_json: str
+    content: RowContent
     resolution: Resolution
     trace_id: str | None
     stream_id: str
@@ -70,17 +75,17 @@ class Row:
     span: trace.Span
 
     def params(self) -> tuple[Any, ...]:
-        m, r = self.message, self.resolution
+        m, r, c = self.message, self.resolution, self.content
         return (
             m.instance,
             m.remote_jid,
             m.from_me,
             m.message_id,
             m.participant,
-            m.push_name,
+            c.push_name,
             m.message_type,
-            m.text,
-            self.raw_json,
+            c.text_body,
+            c.raw_payload,
             m.timestamp,
             r.source,
             r.instance_name,
@@ -91,6 +96,10 @@ class Row:
             self.stream_id,
             self.received_at,
             sorted(m.issues),
+            c.text_body_enc,
+            c.push_name_enc,
+            c.raw_payload_enc,
+            c.key_id,
         )
 
 

@@ -25,6 +25,7 @@ from wabot_shared import db
 from wabot_shared import queue as q
 from wabot_shared.health import run_checks
 from wabot_shared.leases import Leases
+from wabot_shared.settings import warn_if_content_in_clear
 from wabot_shared.shutdown import GracefulShutdown
 from wabot_worker.acks import Acker
 from wabot_worker.assignment import Assignment
@@ -154,6 +155,7 @@ class Worker:
         self._spawn("dispatcher", self.consumer.dispatch_loop(self.stop))
         self._spawn("maintenance", self.maintenance.run(self.stop))
         self._spawn("instances", listen_for_changes(dsn, resolver, self.stop))
+        warn_if_content_in_clear(s, log)
         log.info(
             "worker started",
             extra={
