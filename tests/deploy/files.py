@@ -262,8 +262,12 @@ def load_settings_from(model: type[CommonSettings], env: dict[str, str], monkeyp
 def ingest_get_routes() -> set[str]:
     from wabot_ingest.app import create_app
 
+    # Development: no production-only requirements (keys, strong secrets) for a
+    # look at the routes; the probe routes do not depend on it.
     settings = IngestSettings(
-        redis_url=SecretStr("redis://127.0.0.1:1/0"), webhook_secret=SecretStr("x" * 32)
+        app_env="development",
+        redis_url=SecretStr("redis://127.0.0.1:1/0"),
+        webhook_secret=SecretStr("x" * 32),
     )
     # The ASGI entry point may wrap the FastAPI app that holds the routes.
     app = create_app(settings, "0.0.0-test")

@@ -7,6 +7,7 @@ real health server), secrets are documented in fly/README.md and never in
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import shlex
 import tomllib
@@ -36,6 +37,12 @@ from wabot_ingest.settings import IngestSettings
 from wabot_worker.settings import WorkerSettings
 
 FLY_MAX_KILL_TIMEOUT = 300  # seconds, Fly's limit
+# Secrets with a format of their own; the others get a long random-looking string.
+FORMATTED_SECRETS = {
+    "REDIS_URL": "redis://redis.internal:6379/0",
+    "DATABASE_URL": "postgresql://u:p@db.internal:5432/wabot",
+    "MESSAGE_ENCRYPTION_KEYS": "k1:" + base64.b64encode(bytes(range(32))).decode(),
+}
 
 
 def fly_configs() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -98,10 +105,7 @@ def test_fly_env_is_settings_without_secrets_and_loads(monkeypatch: pytest.Monke
         for key in as_secrets:
             assert key in known or key.startswith("OTEL_"), f"{name}: {key}"
         # With those secrets (production-grade values) the settings load.
-        dummy = {k: "redis://redis.internal:6379/0" for k in as_secrets if k == "REDIS_URL"}
-        dummy |= {
-            k: "postgresql://u:p@db.internal:5432/wabot" for k in as_secrets if k == "DATABASE_URL"
-        }
+        dummy = {k: v for k, v in FORMATTED_SECRETS.items() if k in as_secrets}
         dummy |= {
             k: "s3cr3t-" + "x" * 25
             for k in as_secrets
@@ -117,6 +121,7 @@ def test_fly_env_is_settings_without_secrets_and_loads(monkeypatch: pytest.Monke
         "WEBHOOK_SECRET",
         "WEBHOOK_JWT_KEY",
         "EVOLUTION_API_KEY",
+        "MESSAGE_ENCRYPTION_KEYS",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_HEADERS",
     ):
