@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from tests.support.stack.net import wait_for
 from tests.support.stack.pipeline import Stack
 from tests.support.stack.servers import PostgresServer, create_db
 from tests.support.stack.services import run_migrate
@@ -35,9 +36,12 @@ def test_pipeline_runs_as_the_app_role_which_cannot_change_the_schema(
         assert stack.post(sample).status_code == 202
     rows = stack.wait_rows(sum(1 for s in samples.values() if s["event"] == "messages.upsert"))
     assert {r["resolution"] for r in rows} == {"instance"}
-    assert stack.sql("SELECT last_seen_at IS NOT NULL FROM healthcare.whatsapp_instances") == [
-        (True,)
-    ]
+    wait_for(
+        lambda: stack.sql("SELECT last_seen_at IS NOT NULL FROM healthcare.whatsapp_instances")
+        == [(True,)],
+        timeout=20,
+        what="last_seen_at touched by the maintenance tick, as the app role",
+    )
 
     with psycopg.connect(app_dsn, autocommit=True) as conn:
         for statement in (

@@ -49,6 +49,7 @@ def test_each_sample_gets_its_documented_answer_and_one_row(
         assert "apikey" not in row["raw_payload"]
         # ... and only sealed: the clear columns are empty.
         [sealed] = stack.rows("id = %s", (row["id"],), sealed=True)
-        assert sealed["raw_payload"] is None and sealed["text_body"] is None
+        assert sealed["raw_payload"] is None
+        assert sealed["text_body"] is None
         assert sealed["content_key_id"] == "test1"
         assert row["message_type"] == sample["data"]["messageType"]
