@@ -37,8 +37,10 @@ def test_pipeline_runs_as_the_app_role_which_cannot_change_the_schema(
     rows = stack.wait_rows(sum(1 for s in samples.values() if s["event"] == "messages.upsert"))
     assert {r["resolution"] for r in rows} == {"instance"}
     wait_for(
-        lambda: stack.sql("SELECT last_seen_at IS NOT NULL FROM healthcare.whatsapp_instances")
-        == [(True,)],
+        lambda: (
+            stack.sql("SELECT last_seen_at IS NOT NULL FROM healthcare.whatsapp_instances")
+            == [(True,)]
+        ),
         timeout=20,
         what="last_seen_at touched by the maintenance tick, as the app role",
     )
