@@ -81,10 +81,13 @@ def test_registered_instance_resolves_from_its_table_and_is_touched(
     # Touched by the maintenance tick for every instance that got messages
     # (one UPDATE for all of them, not one per message).
     wait_for(
-        lambda: stack.sql(
-            "SELECT last_seen_at FROM healthcare.whatsapp_instances WHERE id = %s", (instance_id,)
-        )[0][0]
-        is not None,
+        lambda: (
+            stack.sql(
+                "SELECT last_seen_at FROM healthcare.whatsapp_instances WHERE id = %s",
+                (instance_id,),
+            )[0][0]
+            is not None
+        ),
         timeout=20,
         what="last_seen_at set once a message of the instance is stored",
     )
