@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from wabot_shared import names
+from wabot_shared.crypto import Keyring
 from wabot_shared.entry import entry_fields
 from wabot_shared.message import parse_webhook, read_message
 
@@ -35,10 +36,12 @@ def upsert(
     return body
 
 
-def stream_entry(body: dict[str, Any] | bytes, partitions: int) -> tuple[int, dict[str, str]]:
+def stream_entry(
+    body: dict[str, Any] | bytes, partitions: int, keyring: Keyring | None = None
+) -> tuple[int, dict[str, str]]:
     """The partition and fields ingest would XADD for ``body`` (no trace context)."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     envelope = parse_webhook(raw)
     message = read_message(envelope)
     partition = names.partition_of(message.instance, message.remote_jid, partitions)
-    return partition, entry_fields(envelope, message, partition)
+    return partition, entry_fields(envelope, message, partition, keyring)

@@ -11,9 +11,10 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 
 from tests.support.messages import stream_entry, upsert
+from tests.support.stack.env import CONTENT_KEYS
+from tests.support.stack.queue import QueueView
 from tests.support.stack.servers import RedisServer
 from tests.support.telemetry import InMemoryTelemetry
 from wabot_shared import names
@@ -41,20 +42,23 @@ def settings(redis_server: RedisServer, dsn: str, **overrides: Any) -> WorkerSet
         "retry_backoff_max": 0.1,
         "max_deliveries": 3,
         "shutdown_timeout": 5,
+        "message_encryption_keys": CONTENT_KEYS,
     }
     values.update(overrides)
     return WorkerSettings(**values)
 
 
 def enqueue(s: WorkerSettings, bodies: list[dict[str, Any]]) -> list[str]:
-    client = redis.Redis.from_url(s.redis_url.get_secret_value(), decode_responses=True)
+    view = queue_of(s)
     ids = []
     for body in bodies:
-        partition, fields = stream_entry(body, s.stream_partitions)
-        key = names.partition_stream(s.stream_name, partition)
-        ids.append(str(client.xadd(key, fields)))
-    client.close()
+        partition, fields = stream_entry(body, s.stream_partitions, s.keyring())
+        ids.append(view.xadd(fields, partition))
     return ids
+
+
+def queue_of(s: WorkerSettings) -> QueueView:
+    return QueueView.at(s.redis_url.get_secret_value(), s.stream_name, s.stream_partitions)
 
 
 def burst(s: WorkerSettings, faults: Faults | None = None) -> int:
@@ -73,20 +77,11 @@ def rows(dsn: str) -> list[tuple[Any, ...]]:
 
 
 def dead_letters(s: WorkerSettings) -> list[dict[str, str]]:
-    client = redis.Redis.from_url(s.redis_url.get_secret_value(), decode_responses=True)
-    items = client.xrange(s.stream_name + names.DEAD_LETTER_SUFFIX)
-    client.close()
-    return [dict(f) for _, f in items]
+    return [fields for _, fields in queue_of(s).dead_letters()]
 
 
 def pending(s: WorkerSettings) -> int:
-    client = redis.Redis.from_url(s.redis_url.get_secret_value(), decode_responses=True)
-    total = 0
-    for p in range(s.stream_partitions):
-        key = names.partition_stream(s.stream_name, p)
-        total += sum(int(g["pending"]) for g in client.xinfo_groups(key))
-    client.close()
-    return total
+    return queue_of(s).pending()
 
 
 @pytest.fixture
@@ -212,10 +207,8 @@ def test_an_unreadable_entry_is_dead_lettered_at_once(
     telemetry: InMemoryTelemetry,
 ) -> None:
     s = settings(redis_server, db_dsn)
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    client.xadd(names.partition_stream(s.stream_name, 1), {"junk": "1"})
-    client.xadd(names.partition_stream(s.stream_name, 1), {names.FIELD_PAYLOAD: "{nope"})
-    client.close()
+    queue_of(s).xadd({"junk": "1"}, 1)
+    queue_of(s).xadd({names.FIELD_PAYLOAD: "{nope"}, 1)
     enqueue(s, [upsert(text_sample, message_id="fine")])
     assert burst(s) == 0
     assert [r[0] for r in rows(db_dsn)] == ["fine"]

@@ -144,6 +144,8 @@ def classify(exc: BaseException) -> Failure:
         failure = reader(exc)
         if failure is not None:
             return failure
+    if type(exc).__name__ == "SchemaNotMigrated":
+        return Failure("transient", "SchemaNotMigrated")  # an outage until `migrate` runs
     if isinstance(exc, TimeoutError | asyncio.TimeoutError | ConnectionError | OSError):
         return Failure("transient", type(exc).__name__)
     # Anything else is a bug or bad input: retrying the same thing will not help.

@@ -11,7 +11,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 from opentelemetry import trace
@@ -103,14 +103,18 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(
-    service_name: str, level: str, logger_provider: LoggerProvider | None = None
+    service_name: str,
+    level: str,
+    logger_provider: LoggerProvider | None = None,
+    stream: TextIO | None = None,
 ) -> None:
-    """Route all logging to stdout as JSON (and to OTLP when a provider is given)."""
+    """Route all logging to ``stream`` (stdout) as JSON, and to OTLP when a
+    provider is given."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     privacy = PrivacyFilter()
-    stdout = logging.StreamHandler(sys.stdout)
+    stdout = logging.StreamHandler(stream or sys.stdout)
     stdout.setFormatter(JsonFormatter(service_name))
     stdout.addFilter(privacy)
     root.addHandler(stdout)

@@ -60,6 +60,8 @@ ALLOWED_ATTRIBUTES: Final = frozenset(
         "whatsapp.chat.kind",
         "whatsapp.issue",
         "maintenance.step",
+        "purged",
+        "whatsapp.retention.kind",
         "transient",
         "counted",
         "in_flight",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -260,6 +260,27 @@ class StreamQueue:
                     )
                 )
         return removed
+
+    async def scan(self, key: str, chunk: int = 1000) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """Every entry of stream ``key`` (a partition or the dead letters), oldest
+        first, read ``chunk`` at a time."""
+        start = "-"
+        while True:
+            items: list[Any] = list(await self.client.xrange(key, start, "+", count=chunk) or [])
+            for entry_id, fields in items:
+                yield str(entry_id), {str(k): str(v) for k, v in (fields or {}).items()}
+            if len(items) < chunk:
+                return
+            start = f"({items[-1][0]!s}"
+
+    async def trim_dead_letters(self, keep_ms: int) -> int:
+        """Remove dead letters older than ``keep_ms`` (their ids are times)."""
+        cutoff = int(time.time() * 1000) - keep_ms
+        if cutoff <= 0:
+            return 0
+        return int(
+            await self.client.xtrim(self.dead_stream, minid=f"{cutoff}-0", approximate=False)
+        )
 
     async def stats(self) -> QueueStats:
         """Stream length, pending, undelivered and the oldest unacknowledged age."""

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AliasChoices,
+    BeforeValidator,
     Field,
     SecretStr,
     ValidationError,
@@ -99,6 +101,8 @@ class QueueSettings(CommonSettings):
     stream_partitions: int = Field(
         default=names.DEFAULT_PARTITIONS, ge=1, le=1024, validation_alias=env("STREAM_PARTITIONS")
     )
+    # An evicting Redis silently drops queued messages: refused unless allowed.
+    redis_allow_eviction: bool = Field(default=False, validation_alias=env("REDIS_ALLOW_EVICTION"))
     # Message content (text, names, raw payload) is stored only sealed with
     # these keys, in the stream and in PostgreSQL; `disabled` stores it in clear.
     message_encryption_keys: SecretStr | None = Field(
@@ -139,6 +143,26 @@ def warn_if_content_in_clear(settings: QueueSettings, log: logging.Logger) -> No
             "MESSAGE_ENCRYPTION_KEYS is %s: message text, names and payloads are stored in clear",
             "disabled" if settings.encryption_disabled_explicitly else "not set (development)",
         )
+
+
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d|w)?\s*")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: object) -> float | None:
+    """``365d``, ``12h``, ``15m``, ``90s``, ``500ms`` or a number of seconds."""
+    if value is None or isinstance(value, int | float):
+        return None if value is None else float(value)
+    text = str(value).strip().lower()
+    if text in ("", "none", "off", "forever"):
+        return None
+    match = _DURATION.fullmatch(text)
+    if not match:
+        raise ValueError("expected a duration such as 365d, 12h, 15m, 90s or 500ms")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+Duration = Annotated[float | None, BeforeValidator(parse_duration)]
 
 
 def check_secret(name: str, value: SecretStr | None, development: bool) -> None:

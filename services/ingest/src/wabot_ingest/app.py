@@ -29,6 +29,7 @@ from wabot_shared import db
 from wabot_shared import queue as q
 from wabot_shared.health import Check, run_checks
 from wabot_shared.leases import Leases
+from wabot_shared.redis_policy import health_check
 from wabot_shared.settings import warn_if_content_in_clear
 
 log = logging.getLogger("wabot.ingest")
@@ -104,7 +105,11 @@ class Ingest:
     async def health(self) -> tuple[bool, dict[str, Any]]:
         """Health = Redis answers, PostgreSQL answers (when configured), and at
         least one worker has a live heartbeat (its key's TTL has not run out)."""
-        checks: dict[str, Check] = {"redis": self.redis.ping, "workers": self._workers_alive}
+        allow = self.settings.redis_allow_eviction
+        checks: dict[str, Check] = {
+            "redis": lambda: health_check(self.redis, allow),
+            "workers": self._workers_alive,
+        }
         if self.pool is not None:
             pool = self.pool
             checks["postgres"] = lambda: db.ping(pool, timeout=2.0)

@@ -14,6 +14,12 @@
 
 Each scheme accepts a current and a previous secret (rotation), compares in
 constant time, and can be switched off (``WEBHOOK_AUTH_MODES``).
+
+Tenants: an instance listed in ``WEBHOOK_INSTANCE_SECRETS`` has credentials
+of its own. A request authenticated with them may only carry that instance's
+events, and that instance's events need them: the global credentials do not
+speak for it. Anything else is 403 and nothing is stored, so clinic A's
+credentials can never store (or, with replies on, send) as clinic B.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import jwt
 from pydantic import SecretStr
@@ -37,6 +44,19 @@ JWT_MAX_LIFETIME_S = 600 + JWT_LEEWAY_S
 
 class Unauthorized(Exception):
     """Authentication failed; the message is safe to return and log."""
+
+
+class Forbidden(Exception):
+    """Authenticated, but not for this instance; safe to return and log."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request authenticated as: the global credentials (``instance`` is
+    None) or one instance's own."""
+
+    mode: AuthMode
+    instance: str | None = None
 
 
 def _secrets(*values: SecretStr | None) -> tuple[bytes, ...]:
@@ -65,6 +85,17 @@ class WebhookAuth:
             if k is not None
         )
         self.grace_s = settings.webhook_jwt_grace_seconds
+        self._instance_secrets = {
+            name: c.secret.get_secret_value().encode()
+            for name, c in settings.webhook_instance_secrets.items()
+            if c.secret is not None
+        }
+        self._instance_jwt_keys = {
+            name: c.jwt_key.get_secret_value()
+            for name, c in settings.webhook_instance_secrets.items()
+            if c.jwt_key is not None
+        }
+        self.tenants = frozenset(settings.webhook_instance_secrets)
 
     def path_secret_matches(self, candidate: str) -> bool:
         """Whether a URL path segment is a configured path secret."""
@@ -72,25 +103,41 @@ class WebhookAuth:
 
     def check(
         self, secret_header: str | None, authorization: str | None, path_secret: bool = False
-    ) -> AuthMode:
-        """Return the scheme that authenticated the request, or raise Unauthorized."""
+    ) -> Principal:
+        """Who authenticated the request, or raise Unauthorized."""
         if path_secret:
-            return "path"
+            return Principal("path")
         if secret_header is not None and "header" in self.modes:
             if _matches(secret_header, self._header):
-                return "header"
+                return Principal("header")
+            # Every instance's secret is compared, so timing says nothing of which.
+            owner = None
+            for name, secret in self._instance_secrets.items():
+                if hmac.compare_digest(secret_header.encode(), secret):
+                    owner = name
+            if owner is not None:
+                return Principal("header", owner)
             raise Unauthorized("invalid webhook secret")
         if authorization and "jwt" in self.modes:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise Unauthorized("unsupported authorization scheme")
-            self._check_jwt(token.strip())
-            return "jwt"
+            return Principal("jwt", self._check_jwt(token.strip()))
         raise Unauthorized("missing credentials")
 
-    def _check_jwt(self, token: str) -> None:
+    def authorize(self, principal: Principal, instance: str) -> None:
+        """Raise Forbidden unless ``principal`` may carry ``instance``'s events."""
+        if principal.instance is not None and principal.instance != instance:
+            raise Forbidden("these credentials belong to another instance")
+        if principal.instance is None and instance in self.tenants:
+            raise Forbidden("this instance has credentials of its own")
+
+    def _check_jwt(self, token: str) -> str | None:
+        """Validate a token; the instance whose key signed it (None: a global key)."""
         claims = None
-        for key in self._jwt_keys:
+        signer: str | None = None
+        keys = [(None, k) for k in self._jwt_keys] + list(self._instance_jwt_keys.items())
+        for owner, key in keys:
             try:
                 claims = jwt.decode(
                     token,
@@ -98,6 +145,7 @@ class WebhookAuth:
                     algorithms=["HS256"],
                     options={"require": ["exp", "iat"], "verify_exp": False, "verify_iat": False},
                 )
+                signer = owner
                 break
             except jwt.InvalidSignatureError:
                 continue
@@ -119,3 +167,4 @@ class WebhookAuth:
             raise Unauthorized("token expired")
         if claims.get("app") != JWT_APP or claims.get("action") != JWT_ACTION:
             raise Unauthorized("token claims do not match an Evolution webhook")
+        return signer

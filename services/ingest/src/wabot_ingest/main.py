@@ -9,6 +9,7 @@ from wabot_ingest.app import create_app
 from wabot_ingest.server import DrainingServer, config, protocol_with_header_timeout
 from wabot_ingest.settings import IngestSettings
 from wabot_shared.logs import configure_logging
+from wabot_shared.redis_policy import check_at_start
 from wabot_shared.settings import load_settings
 from wabot_shared.telemetry import setup_telemetry
 
@@ -22,6 +23,9 @@ def main() -> None:
     version = package_version("wabot-ingest")
     telemetry = setup_telemetry(SERVICE_NAME, version, settings.app_env)
     configure_logging(SERVICE_NAME, settings.log_level, telemetry.logger_provider)
+    check_at_start(
+        settings.redis_url.get_secret_value(), settings.redis_allow_eviction, log, SERVICE_NAME
+    )
     app = create_app(settings, version)
     # The budget: drain delay, then in-flight requests, then the telemetry flush.
     drain_delay = min(settings.drain_delay, settings.shutdown_timeout / 3)

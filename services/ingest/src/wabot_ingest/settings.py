@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from wabot_shared.settings import QueueSettings, check_secret, env
 
 AuthMode = Literal["header", "jwt", "path"]
 AUTH_MODES: tuple[AuthMode, ...] = ("header", "jwt", "path")
+
+
+class InstanceCredentials(BaseModel):
+    """One instance's own webhook credentials (a secret, a JWT key, or both)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    secret: SecretStr | None = None
+    jwt_key: SecretStr | None = None
 
 
 class IngestSettings(QueueSettings):
@@ -36,6 +45,12 @@ class IngestSettings(QueueSettings):
     )
     webhook_path_secret_previous: SecretStr | None = Field(
         default=None, validation_alias=env("WEBHOOK_PATH_SECRET_PREVIOUS")
+    )
+    # {"<instance>": "<secret>"} or {"<instance>": {"secret": ..., "jwt_key": ...}}:
+    # an instance listed here is accepted only with its own credentials, and
+    # its credentials only for its own messages (otherwise 403).
+    webhook_instance_secrets: dict[str, InstanceCredentials] = Field(
+        default_factory=dict, validation_alias=env("WEBHOOK_INSTANCE_SECRETS")
     )
     # Which schemes are accepted; default: every one whose secret is set.
     # `jwt` alone refuses the static header secret even when it is set.
@@ -75,6 +90,13 @@ class IngestSettings(QueueSettings):
         default=2.0, ge=0, validation_alias=env("INGEST_DRAIN_DELAY", "SHUTDOWN_DRAIN_DELAY")
     )
 
+    @field_validator("webhook_instance_secrets", mode="before")
+    @classmethod
+    def _credentials(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {k: {"secret": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
     @field_validator("webhook_auth_modes", mode="before")
     @classmethod
     def _split_modes(cls, value: object) -> object:
@@ -88,9 +110,10 @@ class IngestSettings(QueueSettings):
         if self.webhook_auth_modes is not None:
             return frozenset(self.webhook_auth_modes)
         configured: set[AuthMode] = set()
-        if self.webhook_secret is not None:
+        instances = self.webhook_instance_secrets.values()
+        if self.webhook_secret is not None or any(c.secret for c in instances):
             configured.add("header")
-        if self.webhook_jwt_key is not None:
+        if self.webhook_jwt_key is not None or any(c.jwt_key for c in instances):
             configured.add("jwt")
         if self.webhook_path_secret is not None:
             configured.add("path")
@@ -108,14 +131,23 @@ class IngestSettings(QueueSettings):
             ("WEBHOOK_PATH_SECRET_PREVIOUS", self.webhook_path_secret_previous),
         ):
             check_secret(name, value, dev)
+        for instance, creds in self.webhook_instance_secrets.items():
+            if creds.secret is None and creds.jwt_key is None:
+                raise ValueError(f"WEBHOOK_INSTANCE_SECRETS: {instance!r} has no secret or jwt_key")
+            check_secret(f"WEBHOOK_INSTANCE_SECRETS[{instance!r}].secret", creds.secret, dev)
+            check_secret(f"WEBHOOK_INSTANCE_SECRETS[{instance!r}].jwt_key", creds.jwt_key, dev)
         modes = self.auth_modes
         if not modes:
             raise ValueError(
                 "no webhook authentication configured: set WEBHOOK_SECRET "
-                "(or WEBHOOK_JWT_KEY, WEBHOOK_PATH_SECRET)"
+                "(or WEBHOOK_JWT_KEY, WEBHOOK_PATH_SECRET, WEBHOOK_INSTANCE_SECRETS)"
             )
-        needs = {"header": self.webhook_secret, "jwt": self.webhook_jwt_key}
-        needs["path"] = self.webhook_path_secret
+        instances = self.webhook_instance_secrets.values()
+        needs: dict[str, object] = {
+            "header": self.webhook_secret or next((c.secret for c in instances if c.secret), None),
+            "jwt": self.webhook_jwt_key or next((c.jwt_key for c in instances if c.jwt_key), None),
+            "path": self.webhook_path_secret,
+        }
         names = {
             "header": "WEBHOOK_SECRET",
             "jwt": "WEBHOOK_JWT_KEY",

@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from wabot_ingest.asgi import BodyError, Receive, Scope, Send, header, read_body, send_json
-from wabot_ingest.auth import SECRET_HEADER, Unauthorized, WebhookAuth
+from wabot_ingest.auth import SECRET_HEADER, Forbidden, Principal, Unauthorized, WebhookAuth
 from wabot_ingest.enqueue import Coalescer
 from wabot_ingest.settings import IngestSettings
 from wabot_ingest.telemetry import IngestTelemetry
@@ -145,11 +145,12 @@ class WebhookHandler:
     ) -> None:
         authenticated = True
         failure: str | None = None
+        principal = None
         try:
             path_ok = route.secret is not None and self.auth.path_secret_matches(route.secret)
             if route.secret is not None and not path_ok:
                 raise Unauthorized("invalid path secret")
-            self.auth.check(
+            principal = self.auth.check(
                 header(scope, SECRET_HEADER.encode()), header(scope, b"authorization"), path_ok
             )
         except Unauthorized as exc:
@@ -175,14 +176,17 @@ class WebhookHandler:
                 status = 401
                 await send_json(send, 401, {"error": "unauthorized", "detail": failure})
             else:
-                status = await self._accept(scope, receive, send)
+                assert principal is not None
+                status = await self._accept(scope, receive, send, principal)
         finally:
             otel_context.detach(token)
             self.telemetry.end_request(
                 span, route.template, scheme, status, time.perf_counter() - started
             )
 
-    async def _accept(self, scope: Scope, receive: Receive, send: Send) -> int:
+    async def _accept(
+        self, scope: Scope, receive: Receive, send: Send, principal: Principal
+    ) -> int:
         content_type = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
         # A missing type is tolerated (some senders omit it); a wrong one is not.
         if content_type and not content_type.endswith("json"):
@@ -198,9 +202,19 @@ class WebhookHandler:
                 scope, receive, self.settings.max_body_bytes, self.settings.body_timeout
             )
             envelope = parse_webhook(body)
+            self.auth.authorize(principal, envelope.instance)
             message = read_message(envelope) if envelope.is_message else None
         except (BodyError, WebhookError) as exc:
             return await self._refuse(send, exc)
+        except Forbidden as exc:
+            self.telemetry.event(envelope.metric_event, "forbidden")
+            log.warning(
+                "webhook refused: %s",
+                exc,
+                extra={"http.response.status_code": 403, names.ATTR_INSTANCE: envelope.instance},
+            )
+            await send_json(send, 403, {"error": "forbidden", "detail": str(exc)})
+            return 403
         if message is None:
             self.telemetry.event(envelope.metric_event, "ignored")
             await send_json(send, 202, {"status": "ignored", "event": envelope.metric_event})

@@ -37,10 +37,11 @@ _BY_INSTANCE = (
     "SELECT id, organization_id, clinic_id, status FROM healthcare.whatsapp_instances "
     "WHERE instance_name = %s"
 )
+# Through a function (migration 008): the worker may not read the integrations
+# table itself, which holds other integrations' secrets.
 _BY_INTEGRATION = (
-    "SELECT NULL::uuid, organization_id, clinic_id, 'active' FROM healthcare.integrations "
-    "WHERE type = 'whatsapp' AND config ->> 'instance_name' = %s "
-    "ORDER BY created_at, id LIMIT 1"
+    "SELECT NULL::uuid, organization_id, clinic_id, 'active'"
+    " FROM healthcare.whatsapp_integration(%s)"
 )
 _LOG_INTERVAL_S = 60.0
 
@@ -94,7 +95,7 @@ class InstanceResolver:
     ) -> _Row | None:
         try:
             row = await (await conn.execute(query, (name,))).fetchone()
-        except errors.UndefinedTable:
+        except (errors.UndefinedTable, errors.UndefinedFunction):
             if self._once("missing", table):
                 log.warning(
                     "table %s is missing; falling back (run `migrate`)",
@@ -124,7 +125,7 @@ class InstanceResolver:
         row = await self._lookup(conn, _BY_INSTANCE, name, "healthcare.whatsapp_instances")
         if row is not None:
             return Resolution("instance", name, *row)
-        row = await self._lookup(conn, _BY_INTEGRATION, name, "healthcare.integrations")
+        row = await self._lookup(conn, _BY_INTEGRATION, name, "healthcare.whatsapp_integration()")
         if row is not None:
             if self._once("integration", name):
                 log.info(

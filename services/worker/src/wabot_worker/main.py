@@ -18,10 +18,11 @@ import urllib.error
 import urllib.request
 from importlib.metadata import version as package_version
 
-from wabot_shared import queue as q
 from wabot_shared.logs import configure_logging
+from wabot_shared.redis_policy import check_at_start
 from wabot_shared.settings import load_settings
 from wabot_shared.telemetry import setup_telemetry
+from wabot_worker.cli.redrive import redrive
 from wabot_worker.settings import WorkerCheckSettings, WorkerSettings
 from wabot_worker.worker import Worker, telemetry_flush_budget
 
@@ -55,21 +56,6 @@ def check() -> int:
         return 1
 
 
-async def redrive(settings: WorkerSettings, count: int, ids: list[str]) -> int:
-    """Move dead letters back onto the stream; prints what it moved."""
-    redis = q.connect(settings.redis_url.get_secret_value(), socket_connect_timeout=2.0)
-    queue = q.StreamQueue(
-        redis, settings.stream_name, settings.consumer_group, settings.stream_partitions
-    )
-    try:
-        moved = await queue.redrive(count, ids or None)
-    finally:
-        await redis.aclose()
-    log.info("re-drove %d dead-lettered message(s)", len(moved), extra={"new_ids": moved})
-    print(f"re-drove {len(moved)} message(s) from {queue.dead_stream} to {queue.stream}")
-    return 0
-
-
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -94,11 +80,16 @@ def main() -> None:
         raise SystemExit(check())
     settings = load_settings(WorkerSettings, SERVICE_NAME)
     if args.command == "redrive":
-        configure_logging(SERVICE_NAME, settings.log_level)
-        raise SystemExit(asyncio.run(redrive(settings, args.count, args.ids)))
+        configure_logging(SERVICE_NAME, settings.log_level, stream=sys.stderr)
+        summary = asyncio.run(redrive(settings, args.count, args.ids))
+        print(f"re-drove {summary['redriven']} message(s) to {settings.stream_name}")
+        raise SystemExit(0)
     version = package_version("wabot-worker")
     otel = setup_telemetry(SERVICE_NAME, version, settings.app_env)
     configure_logging(SERVICE_NAME, settings.log_level, otel.logger_provider)
+    check_at_start(
+        settings.redis_url.get_secret_value(), settings.redis_allow_eviction, log, SERVICE_NAME
+    )
     _instrument(otel.enabled)
     worker = Worker(settings, version, burst=args.burst)
     code = 1

@@ -1,8 +1,15 @@
-"""Periodic work beside the consumer: queue depth, trimming, last_seen_at.
+"""Periodic work beside the consumer: queue depth, trimming, last_seen_at,
+and retention.
 
-Runs every ``WORKER_STATS_INTERVAL`` seconds. Each step is best effort: a
+Runs every ``WORKER_STATS_INTERVAL`` seconds; retention every
+``WORKER_PURGE_INTERVAL`` (at most a minute). Each step is best effort: a
 failure is counted, logged at WARNING once per streak of failures (and once
 when it recovers), and retried at the next tick, never raised into the loop.
+
+Retention: the content of messages older than ``MESSAGE_RETENTION`` is
+purged in bounded batches (their rows, metadata only, stay); dead letters
+older than ``DEAD_LETTER_RETENTION`` are removed; acknowledged stream entries
+older than ``STREAM_RETENTION_SECONDS`` (a replay window) are trimmed.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
@@ -17,6 +25,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
+from wabot_shared.audit import record_async
 from wabot_shared.failures import classify
 from wabot_shared.queue import StreamQueue
 from wabot_worker.settings import WorkerSettings
@@ -30,6 +39,9 @@ _TOUCH_INSTANCES = (
     "UPDATE healthcare.whatsapp_instances SET last_seen_at = now() WHERE id = ANY(%s)"
 )
 SLOW_TICKS = 6  # trimming and last_seen_at every 6th tick (30 s by default)
+_PURGE = "SELECT healthcare.purge_message_content(now() - make_interval(secs => %s), %s)"
+# Batches per purge run: a backlog (retention just enabled) drains over runs.
+_PURGE_BATCHES = 20
 
 
 class Maintenance:
@@ -49,6 +61,7 @@ class Maintenance:
         self.store = store
         self.telemetry = telemetry
         self._failing: dict[str, str] = {}
+        self._next_purge = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until ``stop`` is set."""
@@ -59,6 +72,9 @@ class Maintenance:
                 if tick % SLOW_TICKS == 0:
                     await self.step("trim", self._trim)
                     await self.step("instances last_seen_at", self._touch_instances)
+                if time.monotonic() >= self._next_purge:
+                    self._next_purge = time.monotonic() + self.settings.purge_interval
+                    await self.step("retention", self.retention)
             tick += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.stats_interval)
@@ -90,6 +106,41 @@ class Maintenance:
         removed = await self.queue.trim(self.settings.stream_retention_seconds * 1000)
         if removed:
             log.info("trimmed %d acknowledged entries", removed, extra={"trimmed": removed})
+
+    async def retention(self) -> dict[str, int]:
+        """One retention run; returns what it removed (also counted and audited)."""
+        s = self.settings
+        removed = {"message_content": 0, "dead_letter": 0}
+        if s.message_retention is not None:
+            async with self.pool.connection(timeout=5.0) as conn:
+                for _ in range(_PURGE_BATCHES):
+                    cursor = await conn.execute(_PURGE, (s.message_retention, s.purge_batch_size))
+                    row = await cursor.fetchone()
+                    purged = int(row[0]) if row else 0
+                    removed["message_content"] += purged
+                    if purged < s.purge_batch_size:
+                        break
+        if s.dead_letter_retention is not None:
+            removed["dead_letter"] = await self.queue.trim_dead_letters(
+                int(s.dead_letter_retention * 1000)
+            )
+        for kind, count in removed.items():
+            if count:
+                self.telemetry.purged(kind, count)
+        if any(removed.values()):
+            log.info("retention purge", extra={"purged": removed})
+            async with self.pool.connection(timeout=5.0) as conn:
+                await record_async(
+                    conn,
+                    "purge",
+                    f"worker:{self.settings.consumer_name}",
+                    {
+                        **removed,
+                        "message_retention_s": s.message_retention,
+                        "dead_letter_retention_s": s.dead_letter_retention,
+                    },
+                )
+        return removed
 
     async def _touch_instances(self) -> None:
         seen = self.store.seen_instances

@@ -47,7 +47,7 @@ from wabot_shared.queue import StreamEntry, StreamQueue
 from wabot_shared.telemetry import trace_id_hex
 from wabot_worker.acks import Acker
 from wabot_worker.faults import Faults
-from wabot_worker.instances import InstanceResolver
+from wabot_worker.instances import InstanceResolver, Resolution
 from wabot_worker.reply import EvolutionClient
 from wabot_worker.scheduler import Work
 from wabot_worker.settings import WorkerSettings
@@ -223,7 +223,7 @@ class Pipeline:
                     time.time() - works[i].entry.enqueued_at_ms / 1000, spans[i]
                 )
                 message = messages[i]
-                if not message.from_me and resolution.source != "unresolved":
+                if self._may_reply(message, resolution):
                     await self._reply(
                         resolution.instance_name or message.instance, message, spans[i]
                     )
@@ -259,6 +259,13 @@ class Pipeline:
         finally:
             otel_context.detach(token)
         span.end()
+
+    def _may_reply(self, message: Message, resolution: Resolution) -> bool:
+        """Only to a patient's own chat, from an active, known instance."""
+        if message.from_me or resolution.source == "unresolved" or resolution.status != "active":
+            return False
+        kind = chat_kind(message.remote_jid)
+        return kind == "user" or (kind == "group" and self.settings.reply_to_groups)
 
     async def _reply(self, instance: str, message: Message, span: trace.Span) -> None:
         if self.evolution is None:

@@ -7,7 +7,7 @@ import socket
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from wabot_shared.settings import SETTINGS_CONFIG, QueueSettings, check_secret, env
+from wabot_shared.settings import SETTINGS_CONFIG, Duration, QueueSettings, check_secret, env
 from wabot_worker.faults import FaultPoint
 
 DEFAULT_REPLY_TEXT = "Recebemos sua mensagem. Em breve retornaremos."
@@ -88,10 +88,23 @@ class WorkerSettings(QueueSettings):
     )
     reply_text: str = Field(default=DEFAULT_REPLY_TEXT, validation_alias=env("REPLY_TEXT"))
     reply_timeout: float = Field(default=5.0, gt=0, validation_alias=env("REPLY_TIMEOUT"))
-    # Acknowledged entries are kept this long for inspection, then trimmed.
+    # Acknowledged entries are kept this long (a replay window), then trimmed:
+    # the row is the durable copy, and Redis then holds minutes of messages.
     stream_retention_seconds: int = Field(
-        default=86_400, ge=0, validation_alias=env("STREAM_RETENTION_SECONDS")
+        default=600, ge=0, validation_alias=env("STREAM_RETENTION_SECONDS")
     )
+    # Content (text, name, raw payload) of older messages is purged, the row's
+    # metadata kept; unset keeps it. Dead letters older than theirs are removed.
+    message_retention: Duration = Field(default=None, validation_alias=env("MESSAGE_RETENTION"))
+    dead_letter_retention: Duration = Field(
+        default=14 * 86400.0, validation_alias=env("DEAD_LETTER_RETENTION")
+    )
+    purge_interval: float = Field(
+        default=60.0, gt=0, le=60.0, validation_alias=env("WORKER_PURGE_INTERVAL")
+    )
+    purge_batch_size: int = Field(default=500, ge=1, validation_alias=env("WORKER_PURGE_BATCH"))
+    # Replies go to person chats only (not groups, broadcasts or newsletters).
+    reply_to_groups: bool = Field(default=False, validation_alias=env("REPLY_TO_GROUPS"))
     # /health fails when entries wait but nothing was acknowledged for this
     # long, or an entry has been failing for this long.
     stall_seconds: float = Field(default=30.0, gt=0, validation_alias=env("WORKER_STALL_SECONDS"))

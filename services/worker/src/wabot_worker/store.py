@@ -45,8 +45,27 @@ _COLUMNS = (
     " stream_id, received_at, parse_issues, text_body_enc, push_name_enc,"
     " raw_payload_enc, content_key_id"
 )
-# Healthy = reachable *and* migrated: the table and every column written exist.
-STORE_PROBE = f"SELECT {_COLUMNS} FROM {TABLE} LIMIT 0"
+# Healthy = reachable *and* migrated: the table and every column written
+# exist (read from the catalog: the worker may not SELECT content columns).
+_SCHEMA_PROBE = (
+    "SELECT count(*) FROM information_schema.columns"
+    " WHERE table_schema = 'healthcare' AND table_name = 'whatsapp_messages'"
+    " AND column_name = ANY(%s)"
+)
+_COLUMN_NAMES = [c.strip() for c in _COLUMNS.split(",")]
+
+
+class SchemaNotMigrated(Exception):
+    """The message table or one of its columns is missing: run ``migrate``."""
+
+
+async def probe_schema(conn: AsyncConnection[TupleRow]) -> None:
+    """Raise :class:`SchemaNotMigrated` unless every written column exists."""
+    row = await (await conn.execute(_SCHEMA_PROBE, (_COLUMN_NAMES,))).fetchone()
+    if row is None or row[0] != len(_COLUMN_NAMES):
+        raise SchemaNotMigrated(f"{TABLE} lacks columns; run `migrate`")
+
+
 _INSERT = f"""
 INSERT INTO {TABLE} ({_COLUMNS})
 VALUES (
@@ -263,7 +282,7 @@ class MessageStore:
             return self._probe_ok
         try:
             async with self.pool.connection(timeout=_PROBE_TIMEOUT_S) as conn:
-                await conn.execute(STORE_PROBE)
+                await probe_schema(conn)
             ok = True
         except Exception:
             ok = False

@@ -61,6 +61,11 @@ class WorkerTelemetry:
             unit="{failure}",
             description="Failed steps of the worker's periodic maintenance",
         )
+        self._purged = meter.create_counter(
+            names.METRIC_PURGED,
+            unit="{item}",
+            description="Message contents and dead letters removed by retention",
+        )
         self.queue_stats: QueueStats | None = None
         self.heartbeat: float = time.time()
         self.partitions_owned = 0
@@ -139,6 +144,10 @@ class WorkerTelemetry:
 
     def resolved(self, source: str, count: int = 1) -> None:
         self._resolutions.add(count, {names.ATTR_RESOLUTION: source})
+
+    def purged(self, kind: str, count: int) -> None:
+        """Count what retention removed (``kind``: message_content, dead_letter)."""
+        self._purged.add(count, {"whatsapp.retention.kind": kind})
 
     def maintenance_failed(self, step: str, error_type: str) -> None:
         self._maintenance.add(

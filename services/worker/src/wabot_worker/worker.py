@@ -25,6 +25,7 @@ from wabot_shared import db
 from wabot_shared import queue as q
 from wabot_shared.health import run_checks
 from wabot_shared.leases import Leases
+from wabot_shared.redis_policy import health_check
 from wabot_shared.settings import warn_if_content_in_clear
 from wabot_shared.shutdown import GracefulShutdown
 from wabot_worker.acks import Acker
@@ -38,7 +39,7 @@ from wabot_worker.pipeline import Pipeline
 from wabot_worker.reply import EvolutionClient
 from wabot_worker.settings import WorkerSettings
 from wabot_worker.spans import db_base_attributes
-from wabot_worker.store import STORE_PROBE, MessageStore
+from wabot_worker.store import MessageStore, probe_schema
 from wabot_worker.telemetry import WorkerTelemetry
 
 log = logging.getLogger("wabot.worker")
@@ -328,6 +329,10 @@ class Worker:
             return unique
 
     # --- health ----------------------------------------------------------------------
+    async def _postgres_check(self) -> None:
+        async with self.pool.connection(timeout=2.0) as conn:
+            await probe_schema(conn)
+
     async def health(self) -> tuple[bool, dict[str, Any]]:
         """Loops alive, Redis and the migrated database answer, and no stall."""
         consumer = self.consumer
@@ -357,7 +362,7 @@ class Worker:
                 {
                     "loop": loop_check,
                     "progress": progress_check,
-                    "redis": self.redis.ping,
-                    "postgres": lambda: db.ping(self.pool, timeout=2.0, query=STORE_PROBE),
+                    "redis": lambda: health_check(self.redis, s.redis_allow_eviction),
+                    "postgres": self._postgres_check,
                 }
             )

@@ -1,0 +1,66 @@
+"""``wabot``: the operator's command line.
+
+* ``wabot erase --chat <remoteJid> [--instance NAME]``: remove every stored
+  message of one chat (rows, stream entries, dead letters, failure counters);
+* ``wabot reencrypt``: move sealed content to the current key, in bounded,
+  resumable batches;
+* ``wabot redrive [--count N] [--id ID ...]``: move dead letters back onto
+  the stream (also ``worker redrive``).
+
+Each prints a JSON summary and writes an audit row (``healthcare.audit_log``)
+with the operator (``WABOT_OPERATOR``, else the login name) and the counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from wabot_shared.logs import configure_logging
+from wabot_shared.settings import load_settings
+from wabot_worker.cli.erase import erase
+from wabot_worker.cli.redrive import redrive
+from wabot_worker.cli.reencrypt import reencrypt
+from wabot_worker.settings import WorkerSettings
+
+PROGRAM = "wabot"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("erase", help="remove every stored message of one chat")
+    e.add_argument("--chat", required=True, help="the chat's remoteJid (5511...@s.whatsapp.net)")
+    e.add_argument("--instance", help="only this instance's messages of that chat")
+    r = sub.add_parser("reencrypt", help="move sealed content to the current key")
+    r.add_argument("--batch", type=int, default=500, help="rows per transaction")
+    r.add_argument("--max-batches", type=int, default=10_000, help="stop after this many")
+    d = sub.add_parser("redrive", help="move dead-lettered messages back to the stream")
+    d.add_argument("--count", type=int, default=100, help="at most this many (oldest first)")
+    d.add_argument("--id", action="append", default=[], dest="ids", help="a dead-letter entry id")
+    return parser
+
+
+def run(argv: Sequence[str]) -> dict[str, Any]:
+    """Run one command; returns its JSON summary."""
+    args = _parser().parse_args(argv)
+    settings = load_settings(WorkerSettings, PROGRAM)
+    # stdout is the summary; log lines go to stderr.
+    configure_logging(PROGRAM, settings.log_level, stream=sys.stderr)
+    if args.command == "erase":
+        return asyncio.run(erase(settings, args.chat, args.instance))
+    if args.command == "reencrypt":
+        return asyncio.run(reencrypt(settings, args.batch, args.max_batches))
+    return asyncio.run(redrive(settings, args.count, args.ids))
+
+
+def main() -> None:
+    """Console entry point of ``wabot``."""
+    summary = run(sys.argv[1:])
+    print(json.dumps(summary, sort_keys=True))
