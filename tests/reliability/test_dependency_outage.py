@@ -151,7 +151,7 @@ def test_worker_starts_with_postgres_down_then_schema_and_instances_table_missin
     #    anything); messages wait, none is acknowledged or dead-lettered.
     own_postgres.start()
     wait_for(
-        lambda: health(worker)[1]["checks"]["postgres"].get("error") == "UndefinedTable",
+        lambda: health(worker)[1]["checks"]["postgres"].get("error") == "SchemaNotMigrated",
         timeout=30,
         what="the worker to reconnect and report the missing table",
     )
