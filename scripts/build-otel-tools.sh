@@ -3,7 +3,8 @@
 # (no Docker needed):
 #   * the OpenTelemetry Collector Builder (ocb), installed with `go install`;
 #   * otelcol-wabot, a collector built by ocb from otel-collector/manifest.yaml;
-#   * Jaeger v2 (all-in-one `jaeger` binary).
+#   * Jaeger v2 (all-in-one `jaeger` binary);
+#   * VictoriaLogs (`victoria-logs`, the log store), installed with `go install`.
 # Binaries are cached outside the repository, keyed by version (and, for the
 # collector, by a short hash of the manifest), so re-running is cheap and
 # idempotent: existing binaries are reused. Nothing is written into the repo.
@@ -15,10 +16,11 @@
 #   JAEGER_VERSION    Go module version of github.com/jaegertracing/jaeger (with
 #   JAEGER_RELEASE    the matching Jaeger v2 release name, for `jaeger version`);
 #                     both default to versions.env, where every version is pinned
-# Stable names ~/.cache/wabot/bin/otelcol-wabot and .../jaeger are symlinks to
-# the latest builds. The last lines printed are BUILDER_BIN=..., OTELCOL_BIN=...
-# and JAEGER_BIN=... (eval-able). Needs Go >= 1.26 (the 0.165 collector modules
-# declare go 1.26), flock, sha256sum and network access to the Go module proxy.
+# Stable names ~/.cache/wabot/bin/otelcol-wabot, .../jaeger and .../victoria-logs
+# are symlinks to the latest builds. The last lines printed are BUILDER_BIN=...,
+# OTELCOL_BIN=..., JAEGER_BIN=... and VICTORIALOGS_BIN=... (eval-able). Needs
+# Go >= 1.26.5 (the collector modules declare go 1.26, VictoriaLogs 1.26.5),
+# flock, sha256sum and network access to the Go module proxy.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -148,6 +150,26 @@ else
 fi
 ln -sfn "$(basename "$JAEGER_BIN")" "$BIN_DIR/jaeger"
 
+# ----------------------------------------------------------- victorialogs ---
+# A plain `go install` (its go.mod has no replace directive). The version is
+# stamped the way upstream's release builds do, so `victoria-logs -version`
+# and its /metrics name it.
+VICTORIALOGS_MODULE="github.com/VictoriaMetrics/VictoriaLogs"
+VICTORIALOGS_BIN="$BIN_DIR/victoria-logs-$VICTORIALOGS_VERSION"
+if [[ -x "$VICTORIALOGS_BIN" ]]; then
+    log "victoria-logs $VICTORIALOGS_VERSION: cached ($VICTORIALOGS_BIN)"
+else
+    log "victoria-logs $VICTORIALOGS_VERSION: building, this takes about a minute"
+    start=$SECONDS
+    GOBIN="$SCRATCH/gobin" go install \
+        -ldflags "-s -w -X github.com/VictoriaMetrics/VictoriaMetrics/lib/buildinfo.Version=victoria-logs-$VICTORIALOGS_VERSION" \
+        "$VICTORIALOGS_MODULE/app/victoria-logs@$VICTORIALOGS_VERSION"
+    install -m 0755 "$SCRATCH/gobin/victoria-logs" "$VICTORIALOGS_BIN.tmp"
+    mv -f "$VICTORIALOGS_BIN.tmp" "$VICTORIALOGS_BIN"
+    log "victoria-logs $VICTORIALOGS_VERSION: built in $((SECONDS - start))s"
+fi
+ln -sfn "$(basename "$VICTORIALOGS_BIN")" "$BIN_DIR/victoria-logs"
+
 # promtool / amtool (config checks and rule unit tests) come from Debian packages.
 for tool in promtool amtool; do
     command -v "$tool" >/dev/null \
@@ -157,3 +179,4 @@ done
 echo "BUILDER_BIN=$BUILDER"
 echo "OTELCOL_BIN=$OTELCOL_BIN"
 echo "JAEGER_BIN=$JAEGER_BIN"
+echo "VICTORIALOGS_BIN=$VICTORIALOGS_BIN"

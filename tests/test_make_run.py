@@ -31,7 +31,9 @@ from wabot_shared import names
 # all set below, so the test never clashes with a `make run` on the defaults).
 RUN_SETTINGS = ("RUN_DIR", "PG_DATA", "RUN_OBSERVABILITY", "ALERT_WEBHOOK_URL", "WEBHOOK_SECRET")
 UP = "the pipeline is up"
-BACKEND_PORTS = {name for name in PORTS if name.startswith(("OTELCOL_", "JAEGER_"))} | {
+BACKEND_PORTS = {
+    name for name in PORTS if name.startswith(("OTELCOL_", "JAEGER_", "VICTORIALOGS_"))
+} | {
     "PROMETHEUS_PORT",
     "ALERTMANAGER_PORT",
 }
@@ -225,9 +227,24 @@ def test_make_run_starts_everything_a_curl_ends_as_a_row_and_ctrl_c_under_tee_st
 
     wait_for(services_in_trace, timeout=30, what="the curl'd message's trace in Jaeger")
 
+    # Its log lines, in the VictoriaLogs `make run` printed, by the trace id.
+    printed = re.search(
+        r"^\s+victorialogs\s+(http://\S+)/select/vmui/", run.output.read_text(), re.M
+    )
+    assert printed, "make run printed no VictoriaLogs URL"
+    logsql = f"{printed.group(1)}/select/logsql/query?query=trace_id:{trace_id}"
+
+    def messages() -> set[str] | None:
+        status, body = http_get(logsql)
+        found = {json.loads(line)["_msg"] for line in body.splitlines() if line.strip()}
+        return found if status == 200 and "message processed" in found else None
+
+    wait_for(messages, timeout=30, what="the curl'd message's log lines in VictoriaLogs")
+
     # Ctrl-C: tee dies first, so the runner's stop happens with its output
     # gone; still all of Redis, PostgreSQL, ingest, worker, the collector,
-    # Jaeger, Prometheus and Alertmanager stop, the services gracefully.
+    # Jaeger, VictoriaLogs, Prometheus and Alertmanager stop, the services
+    # gracefully.
     run.kill_tee()
     run.signal_group(signal.SIGINT)
     run.wait_stopped()

@@ -68,6 +68,7 @@ from tests.deploy.files import (
     required_env_names,
     services,
 )
+from tests.support.stack.configs import LOG_RETENTION, METRICS_RETENTION
 from tests.support.stack.env import clean_env
 from tests.support.stack.net import free_port
 from tests.support.stack.process import Process
@@ -88,6 +89,7 @@ EXPECTED_SERVICES = {
     "otel-collector-init",
     "otel-collector",
     "jaeger",
+    "victorialogs",
     "prometheus",
     "alertmanager",
     "alert-webhook",
@@ -113,12 +115,14 @@ def listen_ports() -> dict[str, set[int]]:
     prom_addr = flag_value(command_of(svcs["prometheus"]), "--web.listen-address")
     am_addr = flag_value(command_of(svcs["alertmanager"]), "--web.listen-address")
     redis_port = flag_value(command_of(svcs["redis"]), "--port")
+    vl_addr = flag_value(command_of(svcs["victorialogs"]), "-httpListenAddr")
     return {
         "otel-collector": set(collector_ports(env_of(svcs["otel-collector"])).values()),
         "jaeger": set(jaeger_ports(env_of(svcs["jaeger"])).values()),
         "prometheus": {port_of(prom_addr) if prom_addr else 9090},
         "alertmanager": {port_of(am_addr) if am_addr else 9093},
         "alert-webhook": {alert_webhook_port()},
+        "victorialogs": {port_of(vl_addr) if vl_addr else 9428},
         "grafana": {int(env_of(svcs["grafana"]).get("GF_SERVER_HTTP_PORT", 3000))},
         "redis": {int(redis_port or 6379)},
         "postgres": {int(env_of(svcs["postgres"]).get("PGPORT", 5432))},
@@ -507,9 +511,7 @@ def test_collector_environment_mounts_and_jaeger_exporter() -> None:
         return any(PurePosixPath(path).is_relative_to(t) for t in volume_targets)
 
     storage = cfg["extensions"]["file_storage"]["directory"]
-    logs_file = cfg["exporters"]["file/logs"]["path"]
     assert on_volume(storage), f"file_storage dir {storage} is not on a volume"
-    assert on_volume(str(PurePosixPath(logs_file).parent)), f"{logs_file} is not on a volume"
     # The init service hands exactly those volumes to the collector's user.
     init = svcs["otel-collector-init"]
     assert {(m["source"], m["target"]) for m in init["volumes"]} == {
@@ -522,6 +524,22 @@ def test_collector_environment_mounts_and_jaeger_exporter() -> None:
     host, port = cfg["exporters"]["otlp_grpc/jaeger"]["endpoint"].rsplit(":", 1)
     assert host == "jaeger"
     assert int(port) == jaeger_ports(env_of(svcs["jaeger"]))["otlp_grpc"]
+    # Log records go to the victorialogs service's OpenTelemetry endpoint.
+    logs = urllib.parse.urlsplit(cfg["exporters"]["otlp_http/victorialogs"]["logs_endpoint"])
+    assert (logs.hostname, logs.path) == ("victorialogs", "/insert/opentelemetry/v1/logs")
+    assert logs.port in listen_ports()["victorialogs"]
+    assert collector["depends_on"]["victorialogs"]["condition"] == "service_started"
+
+
+def test_stores_keep_data_as_long_as_natively() -> None:
+    """Retention: the compose flags are the native runs' (configs.py)."""
+    svcs = services()
+    victorialogs = command_of(svcs["victorialogs"])
+    assert flag_value(victorialogs, "-retentionPeriod") == LOG_RETENTION
+    data = flag_value(victorialogs, "-storageDataPath")
+    assert data in {m["target"] for m in svcs["victorialogs"]["volumes"] if m["type"] == "volume"}
+    prometheus = command_of(svcs["prometheus"])
+    assert flag_value(prometheus, "--storage.tsdb.retention.time") == METRICS_RETENTION
 
 
 def test_jaeger_mounts_its_config_and_checks_its_health_port() -> None:

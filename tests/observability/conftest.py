@@ -1,4 +1,4 @@
-"""Session fixtures: one collector, Jaeger, Prometheus and Alertmanager (real
+"""Session fixtures: one collector, Jaeger, VictoriaLogs, Prometheus and Alertmanager (real
 binaries, committed configs with test timings) shared by every observability
 test, and a per-test pipeline (``obs_stack``) whose services export to that
 collector.
@@ -18,7 +18,7 @@ import pytest
 from tests.support.alerts import AlertReceiver
 from tests.support.otlp import OtlpSink
 from tests.support.stack.alerting import Alertmanager, Prometheus
-from tests.support.stack.backend import Collector, Jaeger, ObsStack
+from tests.support.stack.backend import Collector, Jaeger, ObsStack, VictoriaLogs
 from tests.support.stack.configs import TEST_TIMINGS
 from tests.support.stack.servers import RedisServer
 
@@ -36,8 +36,15 @@ def jaeger(obs_tmp: Path) -> Iterator[Jaeger]:
 
 
 @pytest.fixture(scope="session")
-def collector(obs_tmp: Path, jaeger: Jaeger) -> Iterator[Collector]:
-    c = Collector(obs_tmp, jaeger, timings=TEST_TIMINGS)
+def victorialogs(obs_tmp: Path) -> Iterator[VictoriaLogs]:
+    v = VictoriaLogs(obs_tmp)
+    with v.process:
+        yield v
+
+
+@pytest.fixture(scope="session")
+def collector(obs_tmp: Path, jaeger: Jaeger, victorialogs: VictoriaLogs) -> Iterator[Collector]:
+    c = Collector(obs_tmp, jaeger, victorialogs, timings=TEST_TIMINGS)
     with c.process:
         yield c
 

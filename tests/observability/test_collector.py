@@ -1,7 +1,10 @@
 """The collector itself, fed with hand-made OTLP (no services):
 
-* the redaction backstop masks phone numbers and JIDs in span attributes and
-  log bodies before Jaeger and the log file see them, and keeps stream ids;
+* the PII backstop (transform/pii) masks every phone-number and JID format
+  the services' scrubber masks (the same vectors, tests/support/pii.py) in
+  span names, status messages, event names, log bodies and attributes before
+  Jaeger, VictoriaLogs and Prometheus see them, and keeps trace ids, stream
+  entry ids, UUIDs and IPs;
 * its Prometheus exporter translates names, keeps only the chosen resource
   labels and passes a histogram exemplar on to Prometheus; its self-metrics
   are scraped;
@@ -15,19 +18,27 @@ they can share the session's backend with the pipeline tests.
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 import secrets
 import time
 from typing import Any
 
+from tests.support.pii import CONTEXTS, NOT_PHONES, PHONE_LIKE, digits_of, subscriber_digits
 from tests.support.stack.alerting import Prometheus
-from tests.support.stack.backend import Collector, Jaeger
-from tests.support.stack.net import http_text, wait_for
+from tests.support.stack.backend import Collector, Jaeger, VictoriaLogs
+from tests.support.stack.net import http_get, http_text, wait_for
 from wabot_shared import names
 
-JID = "5511987650001@s.whatsapp.net"
-PHONE = "5511987650001"
-STREAM_ID = "1764331200000-0"  # 13 digits: must NOT be mistaken for a phone number
+REDACTED = "[REDACTED]"
+# Texts with phone numbers and JIDs: every format in every context, and
+# several numbers in a row (what the patterns' separators must cope with).
+PII_TEXTS = [context.format(value) for value in PHONE_LIKE for context in CONTEXTS]
+PII_TEXTS += [" ".join([value] * 3) for value in PHONE_LIKE]
+PII_TEXTS += [f"{a}, {b} {a}" for a, b in itertools.pairwise(PHONE_LIKE)]
+# Texts that only look like numbers: they must come out unchanged.
+KEPT_TEXTS = [*NOT_PHONES, "entry 1764321302000-0 failed after 1764321302000-1"]
 
 
 def attrs(**kv: str) -> list[dict[str, Any]]:
@@ -71,55 +82,141 @@ def span(trace_id: str, span_id: str, **attributes: str) -> dict[str, Any]:
     }
 
 
+def log_record(
+    trace_id: str, span_id: str, body: dict[str, Any], **attributes: str
+) -> dict[str, Any]:
+    return {
+        "timeUnixNano": str(time.time_ns()),
+        "severityNumber": 9,
+        "severityText": "INFO",
+        "body": body,
+        "attributes": attrs(**attributes),
+        "traceId": trace_id,
+        "spanId": span_id,
+    }
+
+
+def plain(kvs: list[dict[str, Any]]) -> dict[str, Any]:
+    """OTLP JSON attributes -> {key: scalar value}."""
+    return {kv["key"]: next(iter(kv["value"].values()), None) for kv in kvs}
+
+
 def new_ids() -> tuple[str, str]:
     return secrets.token_hex(16), secrets.token_hex(8)
 
 
-def test_phone_numbers_are_redacted_before_jaeger_and_the_log_file(
-    collector: Collector, jaeger: Jaeger
+def assert_redacted(where: str, original: str, stored: str) -> None:
+    assert REDACTED in stored, f"{where}: {original!r} came out as {stored!r}"
+    for value in PHONE_LIKE:
+        if value in original:
+            assert subscriber_digits(value) not in digits_of(stored), (where, original, stored)
+
+
+def test_every_scrubber_format_is_redacted_in_names_statuses_bodies_and_attributes(
+    collector: Collector, jaeger: Jaeger, victorialogs: VictoriaLogs
 ) -> None:
-    trace_id, span_id = new_ids()
+    trace_id = secrets.token_hex(16)
     environment = "synthetic-" + trace_id[:8]
-    collector.post_otlp_json(
-        "traces",
-        export_request(
-            "traces",
-            [
-                span(
-                    trace_id,
-                    span_id,
-                    whatsapp__remote_jid=JID,
-                    note=f"call +{PHONE} now",
-                    messaging__message__id=STREAM_ID,
-                )
-            ],
-            environment,
-        ),
-    )
-    record = {
-        "timeUnixNano": str(time.time_ns()),
-        "severityNumber": 9,
-        "severityText": "INFO",
-        "body": {"stringValue": f"stored message from {JID} ({PHONE})"},
-        "attributes": attrs(sender=PHONE),
-        "traceId": trace_id,
-        "spanId": span_id,
-    }
-    collector.post_otlp_json("logs", export_request("logs", [record], environment))
+    cases = {secrets.token_hex(8): (text, True) for text in PII_TEXTS}
+    cases |= {secrets.token_hex(8): (text, False) for text in KEPT_TEXTS}
+    spans = []
+    records = []
+    for span_id, (text, _) in cases.items():
+        one = span(trace_id, span_id, note=text, case=span_id)
+        one["name"] = text
+        one["status"] = {"code": 2, "message": text}
+        one["events"] = [{"name": text, "timeUnixNano": one["endTimeUnixNano"]}]
+        spans.append(one)
+        records.append(log_record(trace_id, span_id, {"stringValue": text}, note=text))
+        # A map body: its values are redacted too.
+        records.append(log_record(trace_id, span_id, {"kvlistValue": {"values": attrs(m=text)}}))
+    request = export_request("traces", spans, environment)
+    request["resourceSpans"][0]["resource"]["attributes"] += attrs(host__note=PHONE_LIKE[0])
+    collector.post_otlp_json("traces", request)
+    collector.post_otlp_json("logs", export_request("logs", records, environment))
 
-    [stored] = jaeger.wait_trace(trace_id, services={"worker"})
-    assert stored["tags"]["whatsapp.remote_jid"] == "[REDACTED]"
-    assert stored["tags"]["note"] == "call [REDACTED] now"
-    assert stored["tags"]["messaging.message.id"] == STREAM_ID, "stream ids are not phones"
+    # Jaeger's OTLP view (api_v3) keeps name, status message and event names as sent.
+    def stored_spans() -> dict[str, dict[str, Any]]:
+        status, body = http_get(f"{jaeger.query_url}/api/v3/traces/{trace_id}")
+        if status != 200:
+            return {}
+        answer = json.loads(body)["result"]
+        found = {
+            s["spanId"]: {**s, "resource": rs["resource"]}
+            for rs in answer["resourceSpans"]
+            for ss in rs["scopeSpans"]
+            for s in ss["spans"]
+        }
+        return found if len(found) == len(cases) else {}
 
-    def my_records() -> list[dict[str, Any]]:
-        return [r for r in collector.log_records() if r.get("traceId") == trace_id]
+    stored = wait_for(stored_spans, timeout=30, what=f"the {len(cases)} spans in Jaeger")
+    for span_id, (text, has_pii) in cases.items():
+        got = stored[span_id]
+        fields = {
+            "span name": got["name"],
+            "status message": got["status"].get("message", ""),
+            "event name": got["events"][0]["name"],
+            "attribute": plain(got["attributes"])["note"],
+        }
+        for where, value in fields.items():
+            if has_pii:
+                assert_redacted(where, text, value)
+            else:
+                assert value == text, f"{where}: {text!r} came out as {value!r}"
+        assert got["traceId"] == trace_id
+        assert plain(got["resource"]["attributes"])["host.note"] == REDACTED
 
-    [logged] = wait_for(my_records, timeout=20, what="the log record in the collector's file")
-    assert logged["body"]["stringValue"] == "stored message from [REDACTED] ([REDACTED])"
-    assert logged["spanId"] == span_id
-    assert {"key": "sender", "value": {"stringValue": "[REDACTED]"}} in logged["attributes"]
-    assert PHONE not in logged["line"], "the phone number is still somewhere in the export"
+    # VictoriaLogs: the body is `_msg`, attributes are fields by name.
+    def logged() -> list[dict[str, Any]]:
+        found = victorialogs.by_trace(trace_id)
+        return found if len(found) == len(records) else []
+
+    found = wait_for(logged, timeout=30, what=f"the {len(records)} log records in VictoriaLogs")
+    by_span: dict[str, list[dict[str, Any]]] = {}
+    for record in found:
+        by_span.setdefault(record["span_id"], []).append(record)
+    for span_id, (text, has_pii) in cases.items():
+        [plain_body] = [r for r in by_span[span_id] if "note" in r]
+        [map_body] = [r for r in by_span[span_id] if "m" in r]
+        bodies = {
+            "log body": plain_body["_msg"],
+            "log attribute": plain_body["note"],
+            # VictoriaLogs stores a map body's entries as fields.
+            "map body value": map_body["m"],
+        }
+        for where, value in bodies.items():
+            if has_pii:
+                assert_redacted(where, text, value)
+            else:
+                assert value == text, f"{where}: {text!r} came out as {value!r}"
+    everything = json.dumps(found) + json.dumps(stored)
+    for value in PHONE_LIKE:
+        assert value not in everything, f"{value!r} reached a backend"
+
+
+def test_metric_data_point_attributes_are_redacted(collector: Collector) -> None:
+    environment = "synthetic-" + secrets.token_hex(4)
+    now = str(time.time_ns())
+    points = [
+        {"timeUnixNano": now, "asInt": "1", "attributes": attrs(note=text, case=f"c{i}")}
+        for i, text in enumerate(PII_TEXTS)
+    ]
+    metric = {"name": "wabot.test.pii", "gauge": {"dataPoints": points}}
+    env = f'deployment_environment_name="{environment}"'
+
+    def exposed() -> list[str]:
+        # Re-sent each time: the exporter drops series not refreshed within
+        # its (test-shortened) metric_expiration.
+        collector.post_otlp_json("metrics", export_request("metrics", [metric], environment))
+        text = http_text(f"http://{collector.exporter_target}/metrics")
+        lines = [line for line in text.splitlines() if line.startswith("wabot_test_pii{")]
+        mine = [line for line in lines if env in line]
+        return mine if len(mine) == len(PII_TEXTS) else []
+
+    lines = wait_for(exposed, timeout=20, what="the data points in the exporter", interval=0.5)
+    for line in lines:
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        assert_redacted("data point attribute", PII_TEXTS[int(labels["case"][1:])], labels["note"])
 
 
 def test_exporter_names_labels_exemplar_and_self_metrics(

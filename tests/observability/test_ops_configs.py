@@ -300,8 +300,8 @@ def collector_env(tmp_path: Path) -> dict[str, str]:
             health=13133,
             self_metrics=8888,
             jaeger_otlp_grpc="127.0.0.1:14317",
+            victorialogs_logs="http://127.0.0.1:19428/insert/opentelemetry/v1/logs",
             storage_dir=tmp_path / "storage",
-            logs_file=tmp_path / "logs" / "logs.jsonl",
         )
     )
 
@@ -330,6 +330,59 @@ def test_manifest_has_exactly_the_components_the_config_uses() -> None:
         assert used == available, (
             f"{kind}: config uses {sorted(used)}, manifest builds {sorted(available)}"
         )
+
+
+# What the PII backstop (transform/pii) must reach, per signal: every text a
+# backend stores or shows.
+PII_TARGETS = {
+    "trace_statements": {
+        "resource.attributes",
+        "scope.attributes",
+        "span.name",
+        "span.status.message",
+        "span.attributes",
+        "spanevent.name",
+        "spanevent.attributes",
+    },
+    "metric_statements": {"resource.attributes", "datapoint.attributes"},
+    "log_statements": {"resource.attributes", "scope.attributes", "log.body", "log.attributes"},
+}
+_OTTL_STRING = r'"((?:[^"\\]|\\.)*)"'
+_STATEMENT = re.compile(
+    rf"(replace_pattern|replace_all_patterns)\(([\w.]+), (?:\"value\", )?{_OTTL_STRING}, "
+    rf"{_OTTL_STRING}\)(?: where .+)?"
+)
+
+
+def test_pii_backstop_runs_the_same_patterns_on_every_target_of_every_pipeline() -> None:
+    """OTTL has no variables: the patterns are repeated per target, so check
+    they are repeated exactly (tests/observability/test_collector.py checks
+    what they do)."""
+    config = yaml.safe_load((COLLECTOR_DIR / "config.yaml").read_text())
+    pii = config["processors"]["transform/pii"]
+    assert set(pii) - {"error_mode"} == set(PII_TARGETS)
+    canonical: list[tuple[str, str]] | None = None
+    for signal, targets in PII_TARGETS.items():
+        by_target: dict[str, list[tuple[str, str]]] = {}
+        for statement in pii[signal]:
+            match = _STATEMENT.fullmatch(statement)
+            assert match, f"{signal}: unexpected statement {statement}"
+            _, target, pattern, replacement = match.groups()
+            by_target.setdefault(target, []).append((pattern, replacement))
+        assert set(by_target) == targets, f"{signal}: targets {sorted(by_target)}"
+        for target, all_steps in by_target.items():
+            steps = all_steps
+            if target == "log.body":  # a string body, then the values of a map body
+                half = len(all_steps) // 2
+                assert all_steps[:half] == all_steps[half:], all_steps
+                steps = all_steps[:half]
+            canonical = canonical or steps
+            assert steps == canonical, f"{signal}: {target} differs from the other targets"
+    assert canonical is not None
+    assert len(canonical) == 3
+    # Every pipeline: memory_limiter first, the backstop, then batch.
+    for name, pipeline in config["service"]["pipelines"].items():
+        assert pipeline["processors"] == ["memory_limiter", "transform/pii", "batch"], name
 
 
 # ---------------------------------------------------------------- jaeger ---

@@ -1,5 +1,6 @@
 """A webhook through the native pipeline is one trace in Jaeger, and its log
-records reach the collector's log file with their trace and span ids.
+records are in VictoriaLogs, found by the trace id within seconds, each with
+the span id of a span of that trace.
 
 ingest and worker export OTLP/HTTP to the real collector, which exports to the
 real Jaeger; the trace is looked up by the trace id ingest answered with.
@@ -8,9 +9,10 @@ real Jaeger; the trace is looked up by the trace id ingest answered with.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
-from tests.support.stack.backend import Collector, Jaeger, ObsStack
+from tests.support.stack.backend import Jaeger, ObsStack, VictoriaLogs
 from tests.support.stack.net import http_json, wait_for
 from wabot_shared import names
 
@@ -117,30 +119,41 @@ def test_webhook_is_one_trace_in_jaeger_with_semantic_conventions(
     assert trace_id in jaeger.find_trace_ids("worker", lookback="1h", limit="1000")
 
 
-def test_log_records_reach_the_collector_file_with_trace_and_span_ids(
-    obs_stack: ObsStack, samples: dict[str, dict[str, Any]], jaeger: Jaeger, collector: Collector
+def test_log_records_are_found_in_victorialogs_by_trace_id_within_seconds(
+    obs_stack: ObsStack,
+    samples: dict[str, dict[str, Any]],
+    jaeger: Jaeger,
+    victorialogs: VictoriaLogs,
 ) -> None:
     obs_stack.start_ingest()
     obs_stack.start_worker()
     trace_id = obs_stack.post_message(samples["messages-upsert-text"])
     obs_stack.wait_rows(1)
-    span_ids = {s["span_id"] for s in wait_whole_trace(jaeger, trace_id, obs_stack.stream)}
+    stored = time.monotonic()
 
     # Each service exports its records in batches of its own, so an early
     # worker record can arrive before "message processed": wait for every
-    # record asserted on below, not merely one per service.
+    # record asserted on below, not merely one per service. The query is the
+    # one an operator types: LogsQL `trace_id:<id>`.
     wanted = {("ingest", "webhook queued"), ("worker", "message processed")}
 
     def records() -> list[dict[str, Any]]:
-        mine = [r for r in collector.log_records() if r.get("traceId") == trace_id]
-        bodies = {(r["resource"].get("service.name"), r["body"].get("stringValue")) for r in mine}
-        return mine if wanted <= bodies else []
+        mine = victorialogs.by_trace(trace_id)
+        return mine if wanted <= {(r.get("service.name"), r["_msg"]) for r in mine} else []
 
-    mine = wait_for(records, timeout=30, what=f"log records {sorted(wanted)} of {trace_id}")
+    mine = wait_for(records, timeout=15, what=f"log records {sorted(wanted)} of {trace_id}")
+    found_after = time.monotonic() - stored
+    assert found_after < 15, found_after  # "within seconds" of the row being committed
+    span_ids = {s["span_id"] for s in wait_whole_trace(jaeger, trace_id, obs_stack.stream)}
     for record in mine:
         # Each record names the span it was written in, and that span is in Jaeger.
-        assert record.get("spanId") in span_ids, record
-        assert record["resource"]["deployment.environment.name"] == obs_stack.environment
-    bodies = {(r["resource"]["service.name"], r["body"].get("stringValue")) for r in mine}
-    assert ("ingest", "webhook queued") in bodies, bodies
-    assert ("worker", "message processed") in bodies, bodies
+        assert record["trace_id"] == trace_id, record
+        assert record.get("span_id") in span_ids, record
+        assert record["deployment.environment.name"] == obs_stack.environment
+        assert record["severity_text"], record
+    # Its stream (what VictoriaLogs indexes by) is the service and environment.
+    streams = {r["_stream"] for r in mine}
+    assert streams == {
+        f'{{deployment.environment.name="{obs_stack.environment}",service.name="{service}"}}'
+        for service in ("ingest", "worker")
+    }, streams

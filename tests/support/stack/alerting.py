@@ -13,7 +13,7 @@ from typing import Any
 
 from tests.support.stack import configs
 from tests.support.stack.backend import Collector, backend_process
-from tests.support.stack.configs import COMMITTED_TIMINGS, Timings
+from tests.support.stack.configs import COMMITTED_TIMINGS, METRICS_RETENTION, Timings
 from tests.support.stack.net import free_port, http_get, http_json, wait_for
 from tests.support.stack.paths import alertmanager_binary, prometheus_binary
 
@@ -67,6 +67,7 @@ class Prometheus:
         *,
         port: int | None = None,
         timings: Timings = COMMITTED_TIMINGS,
+        retention: str = METRICS_RETENTION,
         new_session: bool = False,
     ) -> None:
         self.port = port or free_port()
@@ -85,6 +86,7 @@ class Prometheus:
                 f"--config.file={config}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 f"--storage.tsdb.path={self.config_dir / 'data'}",
+                f"--storage.tsdb.retention.time={retention}",
                 # Keeps the collector's trace-id exemplars (query_exemplars API).
                 "--enable-feature=exemplar-storage",
             ],

@@ -2,8 +2,9 @@
 configs (rendered by :mod:`.configs`), each binding 127.0.0.1 and keeping its
 data under one directory (Prometheus and Alertmanager are in :mod:`.alerting`):
 
-    <root>/logs/{jaeger,otelcol,alertmanager,prometheus}.log
-    <root>/otelcol/storage, <root>/otelcol/logs.jsonl   (the log-records file)
+    <root>/logs/{jaeger,otelcol,victorialogs,alertmanager,prometheus}.log
+    <root>/otelcol/storage        (the collector's persistent export queues)
+    <root>/victorialogs           (VictoriaLogs' data: the log records)
     <root>/alertmanager/{alertmanager.yml,data}
     <root>/prometheus/{prometheus.yml,<rule files>,data}
 
@@ -23,6 +24,7 @@ from tests.support.otlp import OtlpSink
 from tests.support.stack import configs
 from tests.support.stack.configs import (
     COMMITTED_TIMINGS,
+    LOG_RETENTION,
     OBS_METRIC_EXPORT_INTERVAL_MS,
     Timings,
 )
@@ -32,7 +34,9 @@ from tests.support.stack.paths import (
     COLLECTOR_DIR,
     JAEGER_CONFIG,
     jaeger_binary,
+    jaeger_ui_assets,
     otelcol_binary,
+    victorialogs_binary,
 )
 from tests.support.stack.pipeline import Stack
 from tests.support.stack.process import Process
@@ -72,18 +76,21 @@ def backend_process(
 
 
 class Jaeger:
-    """Jaeger v2 with in-memory storage (a restart starts empty)."""
+    """Jaeger v2 with in-memory storage (a restart starts empty), serving the
+    real UI when a jaeger-ui build is available (:func:`.paths.jaeger_ui_assets`),
+    else its API only (``ui_assets`` is then None)."""
 
     def __init__(
         self, root: Path, *, ports: Mapping[str, int] | None = None, new_session: bool = False
     ) -> None:
         self.ports = pick_ports(JAEGER_PORTS, ports)
+        self.ui_assets = jaeger_ui_assets()
         self.process = backend_process(
             "jaeger",
             [jaeger_binary(), "--config", str(JAEGER_CONFIG)],
             root,
             f"http://127.0.0.1:{self.ports['health']}/status",
-            env=configs.jaeger_env(**self.ports),
+            env=configs.jaeger_env(**self.ports, ui_assets=self.ui_assets),
             new_session=new_session,
         )
 
@@ -150,13 +157,69 @@ def jaeger_spans(trace: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+class VictoriaLogs:
+    """VictoriaLogs, the log store the collector exports log records to, with
+    its data under ``<root>/victorialogs`` (kept across restarts)."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        port: int | None = None,
+        retention: str = LOG_RETENTION,
+        new_session: bool = False,
+    ) -> None:
+        self.port = port or free_port()
+        self.data_dir = root / "victorialogs"
+        self.process = backend_process(
+            "victorialogs",
+            [
+                victorialogs_binary(),
+                f"-httpListenAddr=127.0.0.1:{self.port}",
+                f"-storageDataPath={self.data_dir}",
+                # Records older than this are deleted (whole days at a time).
+                f"-retentionPeriod={retention}",
+            ],
+            root,
+            f"{self.url}/health",
+            new_session=new_session,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def otlp_logs_endpoint(self) -> str:
+        """Where the collector's otlp_http exporter sends log records."""
+        return f"{self.url}/insert/opentelemetry/v1/logs"
+
+    @property
+    def ui_url(self) -> str:
+        return f"{self.url}/select/vmui/"
+
+    def query(self, logsql: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """The records a LogsQL query selects (newest first), each a flat dict
+        of fields: ``_msg`` (the body), ``_time``, ``trace_id``, ``span_id``,
+        ``severity_text``, resource and record attributes by their names."""
+        body = urllib.parse.urlencode({"query": logsql, "limit": str(limit)}).encode()
+        text = http_text(f"{self.url}/select/logsql/query", body)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def by_trace(self, trace_id: str) -> list[dict[str, Any]]:
+        """Every record written inside one trace (LogsQL ``trace_id:<id>``)."""
+        return self.query(f"trace_id:{trace_id}")
+
+
 class Collector:
-    """otelcol-wabot with the committed config, exporting to ``jaeger``."""
+    """otelcol-wabot with the committed config, exporting to ``jaeger`` and
+    ``victorialogs``."""
 
     def __init__(
         self,
         root: Path,
         jaeger: Jaeger,
+        victorialogs: VictoriaLogs,
         *,
         ports: Mapping[str, int] | None = None,
         timings: Timings = COMMITTED_TIMINGS,
@@ -164,12 +227,11 @@ class Collector:
     ) -> None:
         self.ports = pick_ports(COLLECTOR_PORTS, ports)
         self.storage_dir = root / "otelcol" / "storage"
-        self.logs_file = root / "otelcol" / "logs.jsonl"
         env = configs.collector_env(
             **self.ports,
             jaeger_otlp_grpc=jaeger.otlp_grpc_endpoint,
+            victorialogs_logs=victorialogs.otlp_logs_endpoint,
             storage_dir=self.storage_dir,
-            logs_file=self.logs_file,
             timings=timings,
         )
         self.process = backend_process(
@@ -210,34 +272,8 @@ class Collector:
             {"Content-Type": "application/json"},
         )
 
-    def log_records(self) -> list[dict[str, Any]]:
-        """Every log record in the file exporter's output, with its resource attributes."""
-        if not self.logs_file.exists():
-            return []
-        out = []
-        for line in self.logs_file.read_text(errors="replace").splitlines():
-            try:
-                request = json.loads(line)
-            except ValueError:  # the line being written right now
-                continue
-            for rl in request.get("resourceLogs", []):
-                resource = otlp_attrs(rl.get("resource", {}).get("attributes", []))
-                for sl in rl.get("scopeLogs", []):
-                    for record in sl.get("logRecords", []):
-                        out.append({**record, "resource": resource, "line": line})
-        return out
-
     def self_metrics(self) -> str:
         return http_text(f"http://{self.self_metrics_target}/metrics")
-
-
-def otlp_attrs(kvs: list[dict[str, Any]]) -> dict[str, Any]:
-    """OTLP JSON attributes -> {key: plain value} (scalars only; enough here)."""
-    out: dict[str, Any] = {}
-    for kv in kvs:
-        value = kv.get("value", {})
-        out[kv["key"]] = next(iter(value.values()), None) if value else None
-    return out
 
 
 class ObsStack(Stack):

@@ -70,15 +70,34 @@ TEST_TIMINGS = Timings(
 )
 
 
+# How long the stores keep data, natively (`make run`, the tests) and in
+# docker-compose.yml (tests/deploy checks it passes the same flags): log
+# records in VictoriaLogs (-retentionPeriod; whole days, at least one) and
+# Prometheus' series (--storage.tsdb.retention.time). Telemetry carries ids,
+# types and outcomes, never message content (README "Privacy"); a week of
+# logs covers an incident investigation, metrics keep Prometheus' default.
+LOG_RETENTION = "7d"
+METRICS_RETENTION = "15d"
+
+
 def local(port: int) -> str:
     return f"127.0.0.1:{port}"
 
 
 # --------------------------------------------------- collector and Jaeger ---
 def jaeger_env(
-    *, otlp_grpc: int, otlp_http: int, query: int, query_grpc: int, health: int, metrics: int
+    *,
+    otlp_grpc: int,
+    otlp_http: int,
+    query: int,
+    query_grpc: int,
+    health: int,
+    metrics: int,
+    ui_assets: Path | None = None,
 ) -> dict[str, str]:
-    """jaeger/config.yaml's variables: every listener on 127.0.0.1."""
+    """jaeger/config.yaml's variables: every listener on 127.0.0.1, and the UI
+    build to serve (none: the binary's own assets, a placeholder page when it
+    was built with `go install`)."""
     return {
         "JAEGER_OTLP_GRPC_ENDPOINT": local(otlp_grpc),
         "JAEGER_OTLP_HTTP_ENDPOINT": local(otlp_http),
@@ -87,6 +106,7 @@ def jaeger_env(
         "JAEGER_HEALTH_ENDPOINT": local(health),
         "JAEGER_METRICS_HOST": "127.0.0.1",
         "JAEGER_METRICS_PORT": str(metrics),
+        "JAEGER_UI_ASSETS_PATH": str(ui_assets or ""),
     }
 
 
@@ -98,22 +118,23 @@ def collector_env(
     health: int,
     self_metrics: int,
     jaeger_otlp_grpc: str,
+    victorialogs_logs: str,
     storage_dir: Path,
-    logs_file: Path,
     timings: Timings = COMMITTED_TIMINGS,
 ) -> dict[str, str]:
-    """otel-collector/config.yaml's variables: listeners on 127.0.0.1, export to
-    ``jaeger_otlp_grpc``, its queue and log-records file under our directory."""
+    """otel-collector/config.yaml's variables: listeners on 127.0.0.1, spans to
+    ``jaeger_otlp_grpc``, log records to ``victorialogs_logs`` (an OTLP/HTTP
+    logs URL), its export queues under our directory."""
     return {
         "OTELCOL_GRPC_ENDPOINT": local(otlp_grpc),
         "OTELCOL_HTTP_ENDPOINT": local(otlp_http),
         "JAEGER_OTLP_ENDPOINT": jaeger_otlp_grpc,
+        "VICTORIALOGS_OTLP_LOGS_ENDPOINT": victorialogs_logs,
         "PROMETHEUS_EXPORTER_ENDPOINT": local(prom_exporter),
         "OTELCOL_HEALTH_ENDPOINT": local(health),
         "OTELCOL_METRICS_HOST": "127.0.0.1",
         "OTELCOL_METRICS_PORT": str(self_metrics),
         "OTELCOL_STORAGE_DIR": str(storage_dir),
-        "OTELCOL_LOGS_FILE": str(logs_file),
         **timings.collector_env,
     }
 

@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from wabot_shared.crypto import new_key_setting
 
 # Read by the SDK (OTEL_*) and by otel-collector/, jaeger/ and the tool lookups.
-CONFIG_PREFIXES = ("OTEL_", "OTELCOL_", "JAEGER_", "PROMETHEUS_", "ALERTMANAGER_")
+CONFIG_PREFIXES = (
+    "OTEL_",
+    "OTELCOL_",
+    "JAEGER_",
+    "PROMETHEUS_",
+    "ALERTMANAGER_",
+    "VICTORIALOGS_",
+)
 # The exporters' "off" switches, for runs with no OTLP endpoint at all.
 NO_EXPORT = {
     "OTEL_TRACES_EXPORTER": "none",

@@ -25,14 +25,18 @@ CACHE_BIN = Path(os.environ.get("WABOT_CACHE_DIR", Path.home() / ".cache" / "wab
 SAMPLES_DIR = Path(
     os.environ.get("WABOT_SAMPLES_DIR", REPO.parent / "shared" / "evolution-webhooks")
 )
+# The built Jaeger UI (jaeger-ui's production build; `go install` gives Jaeger
+# a placeholder page only): $JAEGER_UI_ASSETS, else ../shared/jaeger-ui.
+DEFAULT_JAEGER_UI_ASSETS = REPO.parent / "shared" / "jaeger-ui"
 PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 BUILD_HINT = (
-    "run scripts/build-otel-tools.sh (builds otelcol-wabot and jaeger into ~/.cache/wabot/bin)"
+    "run scripts/build-otel-tools.sh "
+    "(builds otelcol-wabot, jaeger and victoria-logs into ~/.cache/wabot/bin)"
 )
 APT_HINT = (
-    "install it with `apt-get install -y prometheus prometheus-alertmanager` "
-    "(see scripts/build-otel-tools.sh)"
+    "install it with `apt-get install -y prometheus prometheus-alertmanager "
+    "prometheus-redis-exporter prometheus-postgres-exporter` (scripts/bootstrap.sh does)"
 )
 INSTALL_HINT = "run `make test` or `make run` (they install it)"
 
@@ -89,6 +93,36 @@ def otelcol_binary() -> str:
 
 def jaeger_binary() -> str:
     return find_binary("jaeger", BUILD_HINT, env_var="JAEGER_BIN")
+
+
+def victorialogs_binary() -> str:
+    return find_binary("victoria-logs", BUILD_HINT, env_var="VICTORIALOGS_BIN")
+
+
+def jaeger_ui_assets() -> Path | None:
+    """The Jaeger UI build to serve, or None (the native Jaeger is then API-only):
+    ``$JAEGER_UI_ASSETS`` (which must then hold an index.html), else
+    ../shared/jaeger-ui when it is there."""
+    if os.environ.get("JAEGER_UI_ASSETS"):
+        path = Path(os.environ["JAEGER_UI_ASSETS"]).resolve()
+        if not (path / "index.html").is_file():
+            raise MissingTool(f"$JAEGER_UI_ASSETS={path} holds no index.html (a jaeger-ui build)")
+        return path
+    if (DEFAULT_JAEGER_UI_ASSETS / "index.html").is_file():
+        return DEFAULT_JAEGER_UI_ASSETS.resolve()
+    return None
+
+
+def redis_exporter_binary() -> str:
+    return find_binary("prometheus-redis-exporter", APT_HINT, env_var="REDIS_EXPORTER_BIN")
+
+
+def postgres_exporter_binary() -> str:
+    return find_binary("prometheus-postgres-exporter", APT_HINT, env_var="POSTGRES_EXPORTER_BIN")
+
+
+def chromium_binary() -> str:
+    return find_binary(("chromium", "chromium-browser"), INSTALL_HINT, env_var="CHROMIUM_BIN")
 
 
 def prometheus_binary() -> str:

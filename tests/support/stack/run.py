@@ -1,8 +1,8 @@
 """``make run``: the whole pipeline natively on this machine.
 
 Starts redis-server, PostgreSQL, the migrations, ingest and worker, plus the
-observability backend (OpenTelemetry Collector, Jaeger, Prometheus,
-Alertmanager) with the committed configs, keeping data in ``$RUN_DIR``
+observability backend (OpenTelemetry Collector, Jaeger, VictoriaLogs,
+Prometheus, Alertmanager) with the committed configs, keeping data in ``$RUN_DIR``
 (``.run``) between runs, and prints the URLs. The services' logs are shown
 here and kept in ``$RUN_DIR/logs``. Ctrl-C (or SIGTERM) stops everything
 gracefully: ingest and worker first (they drain and flush their telemetry
@@ -20,7 +20,11 @@ Ports (all on 127.0.0.1) and other overrides, with their defaults:
   OTELCOL_METRICS_PORT 18888                         collector self-metrics
   JAEGER_UI_PORT 16686  JAEGER_QUERY_GRPC_PORT 16685  JAEGER_HEALTH_PORT 13134
   JAEGER_OTLP_GRPC_PORT 24317  JAEGER_OTLP_HTTP_PORT 24318  JAEGER_METRICS_PORT 14269
+  VICTORIALOGS_PORT 19428                            log store (UI /select/vmui/)
   PROMETHEUS_PORT 19090  ALERTMANAGER_PORT 19093
+  JAEGER_UI_ASSETS    a jaeger-ui build for Jaeger to serve (default
+                      ../shared/jaeger-ui when present; without one the
+                      natively built Jaeger answers its API only)
   ALERT_WEBHOOK_URL   where Alertmanager posts notifications
                       (http://127.0.0.1:19095/alerts; nothing listens there by default)
   RUN_OBSERVABILITY=0 skip the observability backend (telemetry then goes to
@@ -29,8 +33,8 @@ Ports (all on 127.0.0.1) and other overrides, with their defaults:
   APP_ENV (development), WEBHOOK_SECRET (dev-secret), INGEST_HOST and
   WORKER_HEALTH_HOST (127.0.0.1), and any other setting or OTEL_* variable,
   which the services read as usual
-  OTELCOL_BIN, JAEGER_BIN (default ~/.cache/wabot/bin, built by
-  scripts/build-otel-tools.sh), PROMETHEUS_BIN, ALERTMANAGER_BIN
+  OTELCOL_BIN, JAEGER_BIN, VICTORIALOGS_BIN (default ~/.cache/wabot/bin, built
+  by scripts/build-otel-tools.sh), PROMETHEUS_BIN, ALERTMANAGER_BIN
 """
 
 from __future__ import annotations
@@ -42,9 +46,10 @@ import sys
 import time
 from collections.abc import Mapping
 from types import FrameType
+from typing import NamedTuple
 
 from tests.support.stack.alerting import Alertmanager, Prometheus
-from tests.support.stack.backend import Collector, Jaeger
+from tests.support.stack.backend import Collector, Jaeger, VictoriaLogs
 from tests.support.stack.env import NO_EXPORT
 from tests.support.stack.paths import MissingTool
 from tests.support.stack.pipeline import Stack
@@ -68,15 +73,25 @@ class Stop(Exception):
     """SIGINT or SIGTERM arrived."""
 
 
-def backend(config: Config) -> tuple[Jaeger, Collector, Alertmanager, Prometheus]:
+class Backend(NamedTuple):
+    jaeger: Jaeger
+    victorialogs: VictoriaLogs
+    collector: Collector
+    alertmanager: Alertmanager
+    prometheus: Prometheus
+
+
+def backend(config: Config) -> Backend:
     """The observability backend on the configured ports (not started)."""
     p, root = config.ports, config.run_dir
     jaeger = Jaeger(
         root, ports={k: p[var] for k, var in JAEGER_PORT_VARS.items()}, new_session=True
     )
+    victorialogs = VictoriaLogs(root, port=p["VICTORIALOGS_PORT"], new_session=True)
     collector = Collector(
         root,
         jaeger,
+        victorialogs,
         ports={k: p[var] for k, var in COLLECTOR_PORT_VARS.items()},
         new_session=True,
     )
@@ -86,7 +101,7 @@ def backend(config: Config) -> tuple[Jaeger, Collector, Alertmanager, Prometheus
     prometheus = Prometheus(
         root, collector, alertmanager, port=p["PROMETHEUS_PORT"], new_session=True
     )
-    return jaeger, collector, alertmanager, prometheus
+    return Backend(jaeger, victorialogs, collector, alertmanager, prometheus)
 
 
 def service_settings(env: Mapping[str, str], collector: Collector | None) -> dict[str, str]:
@@ -142,12 +157,20 @@ def start(config: Config, env: Mapping[str, str], started: list[list[Process]]) 
     last.append(redis.process)
     redis.start()
     if parts is not None:
-        jaeger, collector, alertmanager, prometheus = parts
-        for process in (jaeger.process, collector.process, alertmanager.process):
-            (first if process is collector.process else last).append(process)
+        # Stopped after the services: the collector (flushing their last
+        # telemetry to the stores, which stop after it) and Prometheus.
+        for process in (
+            parts.jaeger.process,
+            parts.victorialogs.process,
+            parts.collector.process,
+            parts.alertmanager.process,
+            parts.prometheus.process,
+        ):
+            stage = (
+                first if process in (parts.collector.process, parts.prometheus.process) else last
+            )
+            stage.append(process)
             process.start(wait=False)
-        first.append(prometheus.process)
-        prometheus.process.start(wait=False)
     last.append(pg.process)
     pg.init().start()
     dsn = pg.ensure_database("wabot")
@@ -161,7 +184,7 @@ def start(config: Config, env: Mapping[str, str], started: list[list[Process]]) 
     if migrated.returncode != 0:
         fail(f"run: migrate failed with exit code {migrated.returncode}")
 
-    collector_ = parts[1] if parts is not None else None
+    collector_ = parts.collector if parts is not None else None
     endpoint = otlp_endpoint(env, collector_)
     stack = Stack(
         logs,
@@ -185,7 +208,7 @@ def start(config: Config, env: Mapping[str, str], started: list[list[Process]]) 
         healthy=True,
     )
     assert ingest.alive(), f"ingest exited:\n{ingest.log_tail()}"
-    OUT.say(banner(config, stack, endpoint))
+    OUT.say(banner(config, stack, endpoint, parts.jaeger.ui_assets if parts else None))
     return stack
 
 

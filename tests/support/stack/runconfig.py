@@ -32,6 +32,7 @@ PORTS = {
     "JAEGER_OTLP_GRPC_PORT": 24317,
     "JAEGER_OTLP_HTTP_PORT": 24318,
     "JAEGER_METRICS_PORT": 14269,
+    "VICTORIALOGS_PORT": 19428,
     "PROMETHEUS_PORT": 19090,
     "ALERTMANAGER_PORT": 19093,
 }
@@ -118,7 +119,18 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
-def banner(config: Config, stack: Stack, endpoint: str | None) -> str:
+def jaeger_line(url: str, ui_assets: Path | None) -> str:
+    if ui_assets is not None:
+        return f"  jaeger        {url}   (UI: /trace/<trace_id>; API: /api/traces/<trace_id>)"
+    return (
+        f"  jaeger        {url}   (API only: /api/traces/<trace_id>, /api/traces?service=worker;\n"
+        "                no UI: this Jaeger was built with `go install`, which has no UI assets.\n"
+        "                Set JAEGER_UI_ASSETS to a jaeger-ui build (default ../shared/jaeger-ui),\n"
+        "                or run the compose stack, whose Jaeger image has the UI)"
+    )
+
+
+def banner(config: Config, stack: Stack, endpoint: str | None, ui_assets: Path | None) -> str:
     p = config.ports
     lines = [
         "run: the pipeline is up",
@@ -129,9 +141,11 @@ def banner(config: Config, stack: Stack, endpoint: str | None) -> str:
         f"  postgres {stack.dsn}",
     ]
     if config.observability:
+        victorialogs = f"http://127.0.0.1:{p['VICTORIALOGS_PORT']}"
         lines += [
-            f"  jaeger        http://127.0.0.1:{p['JAEGER_UI_PORT']}   "
-            "(UI; API: /api/traces/<trace_id>, /api/traces?service=worker)",
+            jaeger_line(f"http://127.0.0.1:{p['JAEGER_UI_PORT']}", ui_assets),
+            f"  victorialogs  {victorialogs}/select/vmui/   (logs UI; query trace_id:<trace_id>; "
+            f"API: {victorialogs}/select/logsql/query?query=trace_id:<trace_id>)",
             f"  prometheus    http://127.0.0.1:{p['PROMETHEUS_PORT']}   "
             "(alerts: /alerts; exemplar storage on)",
             f"  alertmanager  http://127.0.0.1:{p['ALERTMANAGER_PORT']}   "
@@ -139,7 +153,6 @@ def banner(config: Config, stack: Stack, endpoint: str | None) -> str:
             f"  collector     http://127.0.0.1:{p['OTELCOL_HEALTH_PORT']}/   "
             f"(health; OTLP http://127.0.0.1:{p['OTELCOL_HTTP_PORT']}, "
             f"grpc 127.0.0.1:{p['OTELCOL_GRPC_PORT']})",
-            f"  log records   {config.run_dir / 'otelcol' / 'logs.jsonl'}   (grep <trace_id>)",
             f"  services export OTLP to {endpoint}",
         ]
     lines += [
