@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything `make test` and `make run` need on a fresh Debian machine,
 # idempotently: Debian packages (Redis, PostgreSQL, Prometheus, Alertmanager,
-# and shellcheck for `make lint`), uv (the version pinned in versions.env), the
-# locked Python dependencies in .venv (hadolint among them), and the Go-built
-# collector and Jaeger (cached in ~/.cache/wabot/bin). Safe to run again; it
-# only does what is missing.
+# the Redis and PostgreSQL Prometheus exporters, Chromium for the Jaeger UI
+# browser test, and shellcheck for `make lint`), uv (the version pinned in
+# versions.env), the locked Python dependencies in .venv (hadolint among them),
+# and the Go-built collector, Jaeger and VictoriaLogs (cached in
+# ~/.cache/wabot/bin). Safe to run again; it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=../versions.env
@@ -20,6 +21,9 @@ getent passwd postgres >/dev/null || missing+=(postgresql)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+command -v prometheus-redis-exporter >/dev/null 2>&1 || missing+=(prometheus-redis-exporter)
+command -v prometheus-postgres-exporter >/dev/null 2>&1 || missing+=(prometheus-postgres-exporter)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${missing[*]}"

@@ -1,5 +1,6 @@
 """`make run` brings the whole pipeline up natively, the README's curl ends as a
-row and as a trace in the Jaeger it started (found through the URL it printed),
+row, as a trace in the Jaeger it started (found through the URL it printed,
+and shown by its UI in headless Chromium) and as log lines in its VictoriaLogs,
 and a stop leaves nothing running: Ctrl-C with the output piped to `tee` (which
 the Ctrl-C kills first), and SIGTERM."""
 
@@ -19,6 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.observability.test_jaeger_ui import trace_span_names
+from tests.support.browser import open_trace
 from tests.support.stack.env import clean_env
 from tests.support.stack.net import free_port, http_get, listening, wait_for
 from tests.support.stack.paths import REPO
@@ -240,6 +243,17 @@ def test_make_run_starts_everything_a_curl_ends_as_a_row_and_ctrl_c_under_tee_st
         return found if status == 200 and "message processed" in found else None
 
     wait_for(messages, timeout=30, what="the curl'd message's log lines in VictoriaLogs")
+
+    # The trace in the Jaeger UI `make run` serves, as a person opens it: the
+    # page shows the spans of both services (screenshot kept in .artifacts/).
+    assert "API only" not in run.output.read_text(), "make run served no Jaeger UI"
+    open_trace(
+        f"http://127.0.0.1:{run.ports['JAEGER_UI_PORT']}",
+        trace_id,
+        trace_span_names(names.DEFAULT_STREAM),
+        run.run_dir.parent / "make-run-jaeger-trace.png",
+        run.run_dir.parent / "chromium.log",
+    )
 
     # Ctrl-C: tee dies first, so the runner's stop happens with its output
     # gone; still all of Redis, PostgreSQL, ingest, worker, the collector,
