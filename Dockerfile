@@ -17,12 +17,20 @@
 #   docker run --rm -e REDIS_URL=... -e WEBHOOK_SECRET=... wabot:dev            # ingest
 #   docker run --rm -e REDIS_URL=... -e DATABASE_URL=... wabot:dev worker
 #   docker run --rm -e DATABASE_URL=... wabot:dev migrate
+#
+# The base images are build arguments whose defaults are the official images
+# (pinned in versions.env): `make test-image` (tests/image/) builds this file
+# with --build-arg PYTHON_IMAGE=/UV_IMAGE= naming local images it imports itself.
 
-# uv itself, pinned (the same version the project is developed with).
-FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+# uv itself, pinned (the same version the project is developed with), and the
+# Python 3.11 base of both stages below.
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${UV_IMAGE} AS uv
 
 # ---------------------------------------------------------------- build stage
-FROM python:3.11-slim-bookworm AS build
+FROM ${PYTHON_IMAGE} AS build
 
 COPY --from=uv /uv /usr/local/bin/uv
 
@@ -47,14 +55,16 @@ COPY services/worker/pyproject.toml services/worker/pyproject.toml
 RUN uv sync --frozen --no-dev --no-install-workspace
 
 # 2) The workspace packages themselves, installed as regular (non-editable)
-#    packages so the venv does not need the sources next to it.
+#    packages so the venv does not need the sources next to it. uv's lock file
+#    in the venv is world-writable (0666) and the runtime has no uv: dropped.
 COPY shared/src shared/src
 COPY services/ingest/src services/ingest/src
 COPY services/worker/src services/worker/src
-RUN uv sync --frozen --no-dev --no-editable
+RUN uv sync --frozen --no-dev --no-editable \
+    && rm -f /app/.venv/.lock
 
 # -------------------------------------------------------------- runtime stage
-FROM python:3.11-slim-bookworm AS runtime
+FROM ${PYTHON_IMAGE} AS runtime
 
 RUN groupadd --system --gid 10001 wabot \
     && useradd --system --uid 10001 --gid wabot --home-dir /app --no-create-home \

@@ -3,7 +3,7 @@
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run test test-fast lint dashboards typecheck unit bench clean
+.PHONY: bootstrap run test test-fast test-image lint dashboards typecheck unit bench clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -16,6 +16,12 @@ run: bootstrap
 ## test: install what is missing, then lint, type-check and run every test
 test: bootstrap lint typecheck
 	$(UV) run pytest $(PYTEST_ARGS)
+
+## test-image: the image test alone (tests/image/; `make test` runs it too): the Dockerfile
+## built with podman against local base images (cached in ~/.cache/wabot/image), then
+## migrate, ingest and worker run from it as uid 10001
+test-image: bootstrap
+	$(UV) run pytest tests/image $(PYTEST_ARGS)
 
 ## test-fast: the in-process tests only (tests/unit/, real Redis and PostgreSQL; under a minute)
 test-fast:

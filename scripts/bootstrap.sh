@@ -2,7 +2,8 @@
 # Installs everything `make test` and `make run` need on a fresh Debian machine,
 # idempotently: Debian packages (Redis, PostgreSQL, Prometheus, Alertmanager,
 # the Redis and PostgreSQL Prometheus exporters, Chromium for the Jaeger UI
-# browser test, and shellcheck for `make lint`), uv (the version pinned in
+# browser test, podman, runc and debootstrap for the image test (`make
+# test-image`), and shellcheck for `make lint`), uv (the version pinned in
 # versions.env), the locked Python dependencies in .venv (hadolint among them),
 # and the Go-built collector, Jaeger and VictoriaLogs (cached in
 # ~/.cache/wabot/bin). Safe to run again; it only does what is missing.
@@ -24,6 +25,9 @@ command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v prometheus-redis-exporter >/dev/null 2>&1 || missing+=(prometheus-redis-exporter)
 command -v prometheus-postgres-exporter >/dev/null 2>&1 || missing+=(prometheus-postgres-exporter)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${missing[*]}"

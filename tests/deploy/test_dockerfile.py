@@ -26,31 +26,51 @@ from tests.deploy.files import (
     assert_console_script,
     image_is_pinned,
     secret_env_names,
+    versions,
 )
 from wabot_shared.settings import MigrateSettings
+
+# The build arguments naming the base images (their defaults: versions.env's).
+BASE_ARGS = ("PYTHON_IMAGE", "UV_IMAGE")
 
 
 @dataclass
 class Stage:
-    base: str
+    base: str  # with the build arguments' values substituted
+    written: str  # as the FROM line has it
     alias: str | None
     instructions: list[tuple[str, str]] = field(default_factory=list)
 
 
-def parser() -> DockerfileParser:
-    return DockerfileParser(path=str(DOCKERFILE))
+def parser(build_args: dict[str, str] | None = None) -> DockerfileParser:
+    return DockerfileParser(path=str(DOCKERFILE), build_args=build_args or {})
 
 
-def stages() -> list[Stage]:
-    out: list[Stage] = []
+def global_args() -> dict[str, str]:
+    """The ARGs before the first FROM (the only ones a FROM line may use): name -> default."""
+    out: dict[str, str] = {}
     for item in parser().structure:
+        if item["instruction"] == "FROM":
+            break
+        if item["instruction"] == "ARG":
+            name, _, default = item["value"].partition("=")
+            out[name] = default
+    return out
+
+
+def stages(build_args: dict[str, str] | None = None) -> list[Stage]:
+    dockerfile = parser(build_args)
+    # The bases as `docker build` resolves them (ARG defaults, or ``build_args``).
+    resolved = iter(dockerfile.parent_images)
+    out: list[Stage] = []
+    for item in dockerfile.structure:
         keyword, value = item["instruction"], item["value"]
-        if keyword == "COMMENT":
+        if keyword == "COMMENT" or (keyword == "ARG" and not out):
             continue
         if keyword == "FROM":
             words = [w for w in value.split() if not w.startswith("--platform")]
             alias = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            out.append(Stage(words[0], alias))
+            out.append(Stage(next(resolved), words[0], alias))
         else:
             assert out, f"{keyword} before FROM"
             out[-1].instructions.append((keyword, value))
@@ -87,6 +107,23 @@ def test_dockerfile_bases_are_pinned_and_the_runtime_is_python_311_slim() -> Non
     assert parser().is_multistage
     assert all_stages[-1].base.startswith("python:3.11-slim")
     assert "$" not in all_stages[-1].base
+
+
+def test_dockerfile_bases_are_build_arguments_defaulting_to_the_official_images() -> None:
+    # A local build (tests/image/) swaps them; by default the official pinned images.
+    args = global_args()
+    pinned = versions()
+    assert {name: args.get(name) for name in BASE_ARGS} == {
+        name: pinned[name] for name in BASE_ARGS
+    }
+    all_stages = stages()
+    assert {s.written for s in all_stages} == {f"${{{name}}}" for name in BASE_ARGS}
+    assert [s.base for s in all_stages if s.written == "${PYTHON_IMAGE}"] == [
+        pinned["PYTHON_IMAGE"]
+    ] * 2, "build and runtime stages share the Python base"
+    # Overridden, every stage follows (and nothing else pins a base).
+    local = {"PYTHON_IMAGE": "localhost/py:test", "UV_IMAGE": "localhost/uv:test"}
+    assert [s.base for s in stages(local)] == [local[s.written[2:-1]] for s in all_stages]
 
 
 def test_dockerfile_builds_from_the_lock_file_with_uv() -> None:
