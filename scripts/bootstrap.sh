@@ -3,10 +3,11 @@
 # idempotently: Debian packages (Redis, PostgreSQL, Prometheus, Alertmanager,
 # the Redis and PostgreSQL Prometheus exporters, Chromium for the Jaeger UI
 # browser test, podman, runc and debootstrap for the image test (`make
-# test-image`), and shellcheck for `make lint`), uv (the version pinned in
-# versions.env), the locked Python dependencies in .venv (hadolint among them),
-# and the Go-built collector, Jaeger and VictoriaLogs (cached in
-# ~/.cache/wabot/bin). Safe to run again; it only does what is missing.
+# test-image`), HAProxy for the deploy tests, and shellcheck for `make
+# lint`), uv (the version pinned in versions.env), the locked Python
+# dependencies in .venv (hadolint among them), and the Go-built collector,
+# Jaeger and VictoriaLogs (cached in ~/.cache/wabot/bin). Safe to run again;
+# it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=../versions.env
@@ -28,6 +29,8 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v podman >/dev/null 2>&1 || missing+=(podman)
 command -v runc >/dev/null 2>&1 || missing+=(runc)
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+# HAProxy stands in for Fly's proxy in the deploy tests (tests/deploy/test_rollouts.py).
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${missing[*]}"

@@ -39,6 +39,8 @@ class Delivery:
     rejected: bool = False  # a status Evolution never retries
     gave_up: bool = False  # retry budget exhausted
     latency_s: float | None = None  # of the accepted attempt
+    attempt_at: list[float] = field(default_factory=list)  # monotonic start of each attempt
+    accepted_at: float | None = None  # monotonic time the 2xx arrived
     stream_id: str | None = None
     trace_id: str | None = None
 
@@ -139,6 +141,7 @@ class EvolutionLoad:
         delay = self.backoff_initial
         while delivery.attempts < self.max_attempts:
             delivery.attempts += 1
+            delivery.attempt_at.append(time.monotonic())
             started = time.perf_counter()
             status: int | None = None
             try:
@@ -155,6 +158,7 @@ class EvolutionLoad:
                 answer = resp.json()
                 delivery.accepted = True
                 delivery.latency_s = elapsed
+                delivery.accepted_at = time.monotonic()
                 delivery.stream_id = answer.get("stream_id")
                 delivery.trace_id = answer.get("trace_id")
                 return

@@ -130,14 +130,32 @@ class Stack:
         self.services.append(svc)
         return svc.start()
 
-    def start_ingest(self, port: int | None = None, **env: str) -> Service:
-        """Start ingest (on ``port``, e.g. to restart on the same one) and wait for /ready."""
+    def start_ingest(self, port: int | None = None, *, ready: bool = True, **env: str) -> Service:
+        """Start ingest (on ``port``, e.g. to restart on the same one) and wait for
+        /ready to answer 200 (``ready=False``: to answer at all, e.g. 503 for an
+        ingest that cannot reach Redis; it is killed if it never answers)."""
+        svc = self.spawn_ingest(port, ready=ready, **env)
+        svc.wait_ready()
+        return svc
+
+    def spawn_ingest(self, port: int | None = None, *, ready: bool = True, **env: str) -> Service:
+        """:meth:`start_ingest` without the wait: the caller calls ``wait_ready()``
+        (to start several at once)."""
         self.ingest_port = port or free_port()
         svc = self._service(
             "ingest", {"INGEST_HOST": "127.0.0.1", "INGEST_PORT": str(self.ingest_port), **env}
         )
-        svc.ready = self.url("/ready")
-        svc.wait_ready()
+        url = self.url("/ready")
+        if ready:
+            svc.ready = url
+        else:
+
+            def answers() -> bool:
+                with contextlib.suppress(OSError):
+                    return http_get(url)[0] in (200, 503)
+                return False
+
+            svc.ready = answers
         return svc
 
     def start_worker(
