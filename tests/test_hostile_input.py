@@ -79,7 +79,7 @@ def test_hostile_bodies_are_refused_or_stored_and_never_block_the_next_message(
         # The next message is stored within seconds, whatever came before it.
         follow = f"after-{index}"
         assert stack.post(upsert(template, message_id=follow)).status_code == 202
-        stack.wait_rows(1, timeout=10, where="message_id = %s", params=(follow,))
+        stack.wait_rows(1, timeout=15, where="message_id = %s", params=(follow,))
     rows = {r["message_id"]: r for r in stack.rows()}
     for message_id in stored:
         assert message_id in rows, message_id

@@ -11,7 +11,7 @@ from tests.support.stack.net import wait_for
 from tests.support.stack.pipeline import Stack
 from wabot_shared import names
 
-SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5
+INTERNAL, SERVER, CLIENT, PRODUCER, CONSUMER = 1, 2, 3, 4, 5
 
 
 def traceparent() -> tuple[str, str, str]:
@@ -147,6 +147,13 @@ def test_one_trace_follows_the_message_across_every_hop(
     assert reply["headers"]["tracestate"] == tracestate
     assert "baggage" not in reply["headers"]
     assert reply["path"] == "/message/sendText/clinic-sao-paulo"
+    # The outbox sender's span for it is a child of the message's process span,
+    # and the HTTP client span of the call to Evolution a child of that.
+    spans = spans_by_kind(stack, trace_id, {("worker", CLIENT): 3, ("worker", INTERNAL): 2})
+    [handled] = [s for s in spans if s["name"] == "handle whatsapp message"]
+    assert handled["parent_span_id"] == process["span_id"]
+    [sender] = [s for s in spans if s["name"] == "reply whatsapp"]
+    assert sender["parent_span_id"] == process["span_id"]
     http_client = [
         s
         for s in spans
@@ -154,7 +161,7 @@ def test_one_trace_follows_the_message_across_every_hop(
     ]
     assert http_client, "no HTTP client span for the reply"
     assert [(s["service"], s["name"], s["parent_span_id"]) for s in http_client] == [
-        ("worker", "POST", process["span_id"])
+        ("worker", "POST", sender["span_id"])
     ]
 
     # Log lines written while handling it carry the trace id, on stdout and over OTLP.
@@ -200,22 +207,20 @@ def test_from_me_messages_are_stored_but_never_replied_to(
     start_replying_pipeline(stack, evolution_stub)
     before = len(evolution_stub.requests)
     mine = stack.post(samples["messages-upsert-from-me"]).json()["trace_id"]
-    theirs = stack.post(samples["messages-upsert-group"]).json()["trace_id"]
+    theirs = stack.post(samples["messages-upsert-text"]).json()["trace_id"]
     stack.wait_rows(2)
     wait_for(
         lambda: any(
             theirs in r["headers"].get("traceparent", "") for r in evolution_stub.requests[before:]
         ),
         timeout=10,
-        what="reply to the group message",
+        what="reply to the patient's message",
     )
     spans_by_kind(stack, mine, {("worker", CONSUMER): 1})  # fully processed
     assert not any(mine in r["headers"].get("traceparent", "") for r in evolution_stub.requests)
-    group_reply = next(
+    reply = next(
         r for r in evolution_stub.requests[before:] if theirs in r["headers"].get("traceparent", "")
     )
-    assert (
-        group_reply["json"]["number"]
-        == samples["messages-upsert-group"]["data"]["key"]["remoteJid"]
-    )
-    assert json.dumps(group_reply["json"])  # a JSON body was sent
+    jid = samples["messages-upsert-text"]["data"]["key"]["remoteJid"]
+    assert reply["json"]["number"] == jid.split("@")[0]
+    assert json.dumps(reply["json"])  # a JSON body was sent

@@ -36,6 +36,11 @@ def open_payload(keyring: Keyring | None, value: str) -> str:
     return keyring.open(value, STREAM_PAYLOAD_AAD).decode()
 
 
+def media_aad(media_id: str) -> bytes:
+    """What sealed media bytes are bound to: their id."""
+    return f"media\x1f{media_id}".encode()
+
+
 def row_aad(column: str, identity: tuple[str, str, bool, str]) -> bytes:
     """What a sealed column value is bound to: its column and the message identity."""
     instance, remote_jid, from_me, message_id = identity

@@ -82,7 +82,7 @@ class _Counter:
         self.out_of_range = False
 
 
-def _slow_parse(raw: bytes) -> tuple[Any, bool]:
+def _slow_parse(raw: bytes | bytearray) -> tuple[Any, bool]:
     """Python's parser with hooks: NaN refused, out-of-range numbers nulled."""
     counter = _Counter()
 
@@ -134,7 +134,7 @@ def _without_surrogates(node: Any, depth: int = 0) -> Any:
     return node
 
 
-def parse_json(raw: bytes) -> ParsedJson:
+def parse_json(raw: bytes | bytearray) -> ParsedJson:
     """Parse ``raw``; raises :class:`MalformedJson` if it is not JSON.
 
     The result re-encodes with :func:`dumps` and is accepted by jsonb.

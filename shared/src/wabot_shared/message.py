@@ -36,6 +36,18 @@ MAX_PUSH_NAME: Final = 256
 MAX_MESSAGE_TYPE: Final = 64
 
 EVENT_MESSAGES_UPSERT: Final = "messages.upsert"
+EVENT_MESSAGES_UPDATE: Final = "messages.update"
+EVENT_MESSAGES_EDITED: Final = "messages.edited"
+EVENT_MESSAGES_DELETE: Final = "messages.delete"
+# Events that belong to a chat and are queued in its order (the rest: ignored).
+CHAT_EVENTS: Final = frozenset(
+    {EVENT_MESSAGES_UPSERT, EVENT_MESSAGES_UPDATE, EVENT_MESSAGES_EDITED, EVENT_MESSAGES_DELETE}
+)
+# Where Evolution's webhookBase64 option puts a media message's bytes.
+MEDIA_REFERENCE_KEY: Final = "wabotMedia"
+MEDIA_TYPES: Final = frozenset(
+    {"imageMessage", "videoMessage", "audioMessage", "documentMessage", "stickerMessage"}
+)
 
 # Evolution API v2 event names; anything else is counted as "other" so an
 # unexpected sender cannot blow up metric cardinality.
@@ -138,6 +150,21 @@ class Envelope:
     def is_message(self) -> bool:
         return self.event == EVENT_MESSAGES_UPSERT
 
+    @property
+    def is_chat_event(self) -> bool:
+        return self.event in CHAT_EVENTS
+
+
+@dataclass(frozen=True, slots=True)
+class MediaInfo:
+    """A media message's bytes, stored apart (``id``) when they came with the
+    webhook; ``kind`` is the content type (``imageMessage`` ...)."""
+
+    kind: str
+    mimetype: str | None
+    size: int | None
+    id: str | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -153,11 +180,48 @@ class Message:
     text: str | None
     timestamp: datetime | None
     issues: frozenset[str]
+    media: MediaInfo | None = None
 
     @property
     def chat(self) -> tuple[str, str]:
         """The conversation this message belongs to: (instance, remoteJid)."""
         return self.instance, self.remote_jid
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """``messages.update``: a message (ours or theirs) reached a status."""
+
+    instance: str
+    remote_jid: str
+    from_me: bool
+    message_id: str
+    status: str  # SERVER_ACK, DELIVERY_ACK, READ, PLAYED, ERROR, DELETED ...
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """``messages.edited``: a message's new text (Baileys' protocolMessage)."""
+
+    instance: str
+    remote_jid: str
+    from_me: bool
+    message_id: str
+    text: str | None
+    edited_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """``messages.delete``: a message was deleted for everyone."""
+
+    instance: str
+    remote_jid: str
+    from_me: bool
+    message_id: str
+
+
+ChatEvent = Message | Receipt | Edit | Deletion
 
 
 def normalize_event(event: str) -> str:
@@ -183,7 +247,7 @@ def _identity_str(
     return value
 
 
-def parse_webhook(raw: bytes) -> Envelope:
+def parse_webhook(raw: bytes | bytearray) -> Envelope:
     """Parse any webhook body; raises :class:`WebhookError` (400 or 422)."""
     try:
         parsed = parse_json(raw)
@@ -257,7 +321,72 @@ def read_message(envelope: Envelope) -> Message:
         text=_text(content),
         timestamp=timestamp,
         issues=frozenset(issues),
+        media=_media(content, message_type),
     )
+
+
+def _media(content: Any, message_type: str | None) -> MediaInfo | None:
+    if not isinstance(content, dict):
+        return None
+    kind = message_type if message_type in MEDIA_TYPES else None
+    kind = kind or next((k for k in content if k in MEDIA_TYPES), None)
+    if kind is None:
+        return None
+    meta = content.get(kind) if isinstance(content.get(kind), dict) else {}
+    assert isinstance(meta, dict)
+    size: int | None = None
+    try:
+        size = int(str(meta.get("fileLength")))
+    except ValueError:
+        size = None
+    mimetype = meta.get("mimetype") if isinstance(meta.get("mimetype"), str) else None
+    ref = content.get(MEDIA_REFERENCE_KEY)
+    media_id = ref.get("id") if isinstance(ref, dict) and isinstance(ref.get("id"), str) else None
+    if isinstance(ref, dict) and isinstance(ref.get("size"), int):
+        size = int(ref["size"])
+    return MediaInfo(kind, mimetype, size, media_id)
+
+
+def _event_key(data: Any) -> dict[str, Any] | None:
+    """The message key of an update/edit/delete event, in Evolution's shapes:
+    ``data.key`` or the key's fields flat in ``data`` (``keyId`` or ``id``)."""
+    if not isinstance(data, dict):
+        return None
+    key = data.get("key") if isinstance(data.get("key"), dict) else data
+    assert isinstance(key, dict)
+    message_id = key.get("id") if "id" in key else key.get("keyId", data.get("keyId"))
+    out = {"remoteJid": key.get("remoteJid"), "fromMe": key.get("fromMe"), "id": message_id}
+    return out
+
+
+def read_event(envelope: Envelope) -> ChatEvent | None:
+    """The chat event of an envelope, or None when the event is not one we
+    record (or names no usable message: nothing to attach it to)."""
+    if envelope.is_message:
+        return read_message(envelope)
+    if not envelope.is_chat_event:
+        return None
+    key = _event_key(envelope.body.get("data"))
+    if key is None:
+        return None
+    errors: list[dict[str, Any]] = []
+    remote_jid = _identity_str(key.get("remoteJid"), ("data", "remoteJid"), MAX_JID, errors)
+    message_id = _identity_str(key.get("id"), ("data", "id"), MAX_MESSAGE_ID, errors)
+    from_me = _from_me(key.get("fromMe"), errors)
+    if errors:
+        return None
+    data = envelope.body["data"]
+    if envelope.event == EVENT_MESSAGES_UPDATE:
+        status = data.get("status")
+        if not isinstance(status, str) or not status or len(status) > 32:
+            return None
+        return Receipt(envelope.instance, remote_jid, from_me, message_id, status.upper())
+    if envelope.event == EVENT_MESSAGES_EDITED:
+        edited = data.get("editedMessage")
+        when = data.get("timestampMs")
+        seconds = normalize_timestamp(when)
+        return Edit(envelope.instance, remote_jid, from_me, message_id, _text(edited), seconds)
+    return Deletion(envelope.instance, remote_jid, from_me, message_id)
 
 
 def _optional(value: Any, limit: int, issues: set[str], issue: str) -> str | None:

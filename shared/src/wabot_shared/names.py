@@ -90,6 +90,11 @@ METRIC_PURGED: Final = "whatsapp.retention.purged"
 METRIC_RESOLUTIONS: Final = "whatsapp.instance.resolutions"
 METRIC_HEARTBEAT: Final = "whatsapp.worker.heartbeat"
 METRIC_REPLIES: Final = "whatsapp.reply.sent"
+METRIC_REPLY_LATENCY: Final = "whatsapp.reply.latency"
+METRIC_OUTBOX_DEPTH: Final = "whatsapp.outbox.pending"
+METRIC_OUTBOX_OLDEST_AGE: Final = "whatsapp.outbox.oldest_age"
+METRIC_CHAT_WAIT: Final = "whatsapp.message.chat_wait.duration"
+METRIC_HANDLER_DURATION: Final = "whatsapp.handler.duration"
 
 # --- attributes (project-specific; semconv ones come from opentelemetry.semconv)
 ATTR_EVENT: Final = "whatsapp.event"

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from wabot_ingest.asgi import Receive, Scope, Send
 from wabot_ingest.auth import SECRET_HEADER, Unauthorized, WebhookAuth
 from wabot_ingest.enqueue import Coalescer
+from wabot_ingest.media import MediaStore
 from wabot_ingest.settings import IngestSettings
 from wabot_ingest.telemetry import IngestTelemetry
 from wabot_ingest.webhook import WEBHOOK_PATH, WebhookHandler
@@ -53,15 +54,17 @@ class Ingest:
         )
         self.leases = Leases(self.redis, settings.stream_name)
         kwargs = self.redis.connection_pool.connection_kwargs
+        self.media = MediaStore(None, settings.keyring(), settings.max_large_bodies)
         self.webhook = WebhookHandler(
             settings,
-            self.auth,
-            Coalescer(self.queue),
-            self.telemetry,
-            {
+            auth=self.auth,
+            coalescer=Coalescer(self.queue),
+            telemetry=self.telemetry,
+            server_attributes={
                 "server.address": str(kwargs.get("host", "")),
                 "server.port": int(kwargs.get("port", 6379)),
             },
+            media=self.media,
         )
         self.pool: AsyncConnectionPool[AsyncConnection[TupleRow]] | None = None
 
@@ -79,9 +82,13 @@ class Ingest:
         """Create the consumer groups so no entry predates them; Redis may be down."""
         warn_if_content_in_clear(self.settings, log)
         if self.settings.database_url is not None:
+            # Its health check, and webhook media (healthcare.put_media).
             self.pool = await db.open_pool(
-                self.settings.database_url.get_secret_value(), max_size=2, name="wabot-ingest"
+                self.settings.database_url.get_secret_value(),
+                max_size=self.settings.max_large_bodies + 1,
+                name="wabot-ingest",
             )
+            self.media.pool = self.pool
         try:
             await self.queue.ensure_groups()
         except (RedisError, OSError) as exc:

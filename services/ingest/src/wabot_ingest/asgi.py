@@ -54,10 +54,29 @@ async def send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int, timeout: float) -> bytes:
+async def read_body(
+    scope: Scope,
+    receive: Receive,
+    limit: int,
+    timeout: float,
+    *,
+    large: int | None = None,
+    on_large: Callable[[], Awaitable[bool]] | None = None,
+) -> bytes | bytearray:
     """The request body; 413 as soon as it exceeds ``limit`` bytes (before the
-    rest is read), 408 when it takes longer than ``timeout`` seconds."""
+    rest is read), 408 when it takes longer than ``timeout`` seconds. Once it
+    is known to exceed ``large`` bytes, ``on_large`` must grant it a slot
+    (else 503)."""
     declared = header(scope, b"content-length")
+    granted = False
+
+    async def need_slot() -> None:
+        nonlocal granted
+        if on_large is not None and not granted:
+            if not await on_large():
+                raise BodyError(503, "busy", "too many large bodies at once")
+            granted = True
+
     if declared is not None:
         try:
             size = int(declared)
@@ -65,21 +84,22 @@ async def read_body(scope: Scope, receive: Receive, limit: int, timeout: float) 
             raise BodyError(400, "bad_content_length", "invalid Content-Length") from None
         if size > limit:
             raise BodyError(413, "body_too_large", f"body exceeds {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
+        if large is not None and size > large:
+            await need_slot()
+    body = bytearray()
     try:
         async with asyncio.timeout(timeout):
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     raise BodyError(400, "client_disconnected", "client went away")
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
+                body += message.get("body", b"")
+                if len(body) > limit:
                     raise BodyError(413, "body_too_large", f"body exceeds {limit} bytes")
-                chunks.append(chunk)
+                if large is not None and len(body) > large:
+                    await need_slot()
                 if not message.get("more_body", False):
                     break
     except TimeoutError:
         raise BodyError(408, "body_timeout", f"body not received within {timeout:g}s") from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return body  # a bytearray: no copy of a large body (it reads like bytes)

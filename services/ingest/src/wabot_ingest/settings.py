@@ -72,6 +72,13 @@ class IngestSettings(QueueSettings):
     max_body_bytes: int = Field(
         default=1_048_576, gt=0, validation_alias=env("INGEST_MAX_BODY_BYTES", "MAX_BODY_BYTES")
     )
+    # A media message with its bytes in the webhook (Evolution's webhookBase64)
+    # may be this large (~26 MB of media); at most this many such bodies are
+    # read and stored at once (more wait, then get 503 with Retry-After).
+    max_media_body_bytes: int = Field(
+        default=36 * 1_048_576, gt=0, validation_alias=env("INGEST_MAX_MEDIA_BODY_BYTES")
+    )
+    max_large_bodies: int = Field(default=2, ge=1, validation_alias=env("INGEST_MAX_LARGE_BODIES"))
     retry_after_seconds: int = Field(
         default=5, ge=1, validation_alias=env("INGEST_RETRY_AFTER_SECONDS", "RETRY_AFTER_SECONDS")
     )

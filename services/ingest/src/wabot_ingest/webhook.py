@@ -14,6 +14,7 @@ Baggage is never taken over.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from wabot_ingest.asgi import BodyError, Receive, Scope, Send, header, read_body, send_json
 from wabot_ingest.auth import SECRET_HEADER, Forbidden, Principal, Unauthorized, WebhookAuth
 from wabot_ingest.enqueue import Coalescer
+from wabot_ingest.media import LARGE_BODY_BYTES, MediaStore, MediaUnavailable, base64_of
 from wabot_ingest.settings import IngestSettings
 from wabot_ingest.telemetry import IngestTelemetry
 from wabot_shared import names
@@ -38,8 +40,10 @@ from wabot_shared.failures import classify
 from wabot_shared.message import (
     KNOWN_EVENTS,
     Envelope,
+    Message,
     WebhookError,
     parse_webhook,
+    read_event,
     read_message,
 )
 from wabot_shared.propagation import inject_into_fields
@@ -87,16 +91,35 @@ def _trace_headers(scope: Scope) -> dict[str, str]:
     }
 
 
+class _Slot:
+    """A large-body slot held for one request, released once."""
+
+    def __init__(self, media: MediaStore) -> None:
+        self.media = media
+        self.held = False
+
+    async def acquire(self) -> bool:
+        self.held = await self.media.acquire()
+        return self.held
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.media.release()
+
+
 class WebhookHandler:
     """The webhook endpoint as a raw ASGI application."""
 
     def __init__(
         self,
         settings: IngestSettings,
+        *,
         auth: WebhookAuth,
         coalescer: Coalescer,
         telemetry: IngestTelemetry,
         server_attributes: dict[str, str | int],
+        media: MediaStore,
     ) -> None:
         self.settings = settings
         self.auth = auth
@@ -105,6 +128,7 @@ class WebhookHandler:
         self.server_attributes = server_attributes
         self.partitions = settings.stream_partitions
         self.keyring = settings.keyring()
+        self.media = media
         self.draining = False
         self.in_flight = 0
         self._retry_after = [(b"retry-after", str(settings.retry_after_seconds).encode())]
@@ -197,13 +221,38 @@ class WebhookHandler:
                 {"error": "unsupported_media_type", "detail": "expected application/json"},
             )
             return 415
+        slot = _Slot(self.media)
+        try:
+            return await self._read_and_enqueue(scope, receive, send, principal, slot)
+        finally:
+            slot.release()
+
+    async def _read_and_enqueue(
+        self, scope: Scope, receive: Receive, send: Send, principal: Principal, slot: _Slot
+    ) -> int:
+        settings = self.settings
+        limit = max(settings.max_body_bytes, settings.max_media_body_bytes)
         try:
             body = await read_body(
-                scope, receive, self.settings.max_body_bytes, self.settings.body_timeout
+                scope,
+                receive,
+                limit,
+                settings.body_timeout,
+                large=max(settings.max_body_bytes, LARGE_BODY_BYTES),
+                on_large=slot.acquire,
             )
             envelope = parse_webhook(body)
             self.auth.authorize(principal, envelope.instance)
-            message = read_message(envelope) if envelope.is_message else None
+            event = read_event(envelope)
+            if envelope.is_message and not isinstance(event, Message):
+                event = read_message(envelope)  # raises the 422 that says why
+            if len(body) > settings.max_body_bytes and base64_of(envelope.body) is None:
+                raise BodyError(
+                    413,
+                    "body_too_large",
+                    f"body exceeds {settings.max_body_bytes} bytes (only media may be larger)",
+                )
+            del body
         except (BodyError, WebhookError) as exc:
             return await self._refuse(send, exc)
         except Forbidden as exc:
@@ -215,19 +264,32 @@ class WebhookHandler:
             )
             await send_json(send, 403, {"error": "forbidden", "detail": str(exc)})
             return 403
-        if message is None:
+        if event is None:
             self.telemetry.event(envelope.metric_event, "ignored")
             await send_json(send, 202, {"status": "ignored", "event": envelope.metric_event})
             return 202
-        partition = names.partition_of(message.instance, message.remote_jid, self.partitions)
+        if isinstance(event, Message) and event.media is not None:
+            try:
+                stored = await self.media.store(envelope.body, event)
+            except ValueError as exc:
+                return await self._refuse(send, BodyError(422, "invalid_media", str(exc)))
+            except MediaUnavailable as exc:
+                log.error(
+                    "could not store media: %s", exc, extra={"error.type": "MediaUnavailable"}
+                )
+                self.telemetry.event(envelope.event, "unavailable")
+                return await self._unavailable(send, "media store unavailable")
+            envelope = dataclasses.replace(envelope, body=stored)
+        partition = names.partition_of(event.instance, event.remote_jid, self.partitions)
         fields = entry_fields(
             envelope,
-            message,
+            event,
             partition,
             self.keyring,
             keep_media_keys=self.settings.store_media_keys,
         )
-        return await self._enqueue(send, envelope, fields, message.issues, partition)
+        issues = event.issues if isinstance(event, Message) else frozenset()
+        return await self._enqueue(send, envelope, fields, issues, partition)
 
     async def _refuse(self, send: Send, exc: BodyError | WebhookError) -> int:
         self.telemetry.event("unknown", "rejected")

@@ -23,6 +23,7 @@ from wabot_shared.redis_policy import check_at_start
 from wabot_shared.settings import load_settings
 from wabot_shared.telemetry import setup_telemetry
 from wabot_worker.cli.redrive import redrive
+from wabot_worker.handler import resolve_handler
 from wabot_worker.settings import WorkerCheckSettings, WorkerSettings
 from wabot_worker.worker import Worker, telemetry_flush_budget
 
@@ -91,7 +92,12 @@ def main() -> None:
         settings.redis_url.get_secret_value(), settings.redis_allow_eviction, log, SERVICE_NAME
     )
     _instrument(otel.enabled)
-    worker = Worker(settings, version, burst=args.burst)
+    try:
+        handler = resolve_handler(settings)
+    except ValueError as exc:
+        print(f"{SERVICE_NAME}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    worker = Worker(settings, version, burst=args.burst, handler=handler)
     code = 1
     try:
         code = asyncio.run(worker.serve())

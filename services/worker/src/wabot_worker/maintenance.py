@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 from wabot_shared.audit import record_async
 from wabot_shared.failures import classify
 from wabot_shared.queue import StreamQueue
+from wabot_worker.outbox import ReplySender
 from wabot_worker.settings import WorkerSettings
 from wabot_worker.store import MessageStore
 from wabot_worker.telemetry import WorkerTelemetry
@@ -54,12 +55,15 @@ class Maintenance:
         pool: AsyncConnectionPool[AsyncConnection[TupleRow]],
         store: MessageStore,
         telemetry: WorkerTelemetry,
+        *,
+        sender: ReplySender | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
         self.pool = pool
         self.store = store
         self.telemetry = telemetry
+        self.sender = sender
         self._failing: dict[str, str] = {}
         self._next_purge = 0.0
 
@@ -69,6 +73,8 @@ class Maintenance:
         while not stop.is_set():
             with suppress_instrumentation():  # housekeeping is not a message's trace
                 await self.step("queue stats", self._stats)
+                if self.sender is not None:
+                    await self.step("outbox stats", self._outbox_stats)
                 if tick % SLOW_TICKS == 0:
                     await self.step("trim", self._trim)
                     await self.step("instances last_seen_at", self._touch_instances)
@@ -101,6 +107,10 @@ class Maintenance:
 
     async def _stats(self) -> None:
         self.telemetry.queue_stats = await self.queue.stats()
+
+    async def _outbox_stats(self) -> None:
+        assert self.sender is not None
+        self.telemetry.outbox = await self.sender.depth()
 
     async def _trim(self) -> None:
         removed = await self.queue.trim(self.settings.stream_retention_seconds * 1000)

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import httpx
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import TextMapPropagator
@@ -40,19 +39,21 @@ from wabot_shared.content import seal_row
 from wabot_shared.crypto import DecryptError, Keyring
 from wabot_shared.entry import read_entry
 from wabot_shared.failures import Failure, classify
-from wabot_shared.message import Message, WebhookError
+from wabot_shared.message import ChatEvent, Deletion, Edit, Message, Receipt, WebhookError
 from wabot_shared.privacy import chat_kind
 from wabot_shared.propagation import GETTER
 from wabot_shared.queue import StreamEntry, StreamQueue
 from wabot_shared.telemetry import trace_id_hex
 from wabot_worker.acks import Acker
 from wabot_worker.faults import Faults
+from wabot_worker.handling import HandlerFailed, Handling
 from wabot_worker.instances import InstanceResolver, Resolution
-from wabot_worker.reply import EvolutionClient
+from wabot_worker.outbox import ReplySender
 from wabot_worker.scheduler import Work
 from wabot_worker.settings import WorkerSettings
-from wabot_worker.store import MessageStore, Row
+from wabot_worker.store import MessageStore, Write
 from wabot_worker.telemetry import WorkerTelemetry
+from wabot_worker.writes import Context, deletion_write, edit_write, message_write, receipt_write
 
 log = logging.getLogger("wabot.worker")
 
@@ -63,9 +64,9 @@ _TRACE_CONTEXT: TextMapPropagator = TraceContextTextMapPropagator()
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    """A readable entry: the message and the JSON to store for it."""
+    """A readable entry: its chat event and the JSON to store for it."""
 
-    message: Message
+    event: ChatEvent
     raw_json: str
 
 
@@ -92,12 +93,12 @@ def decode(entry: StreamEntry, keyring: Keyring | None) -> Work:
     if payload is None:
         return Work(entry, poison_chat, Unreadable("entry has no payload", "MissingPayload"))
     try:
-        message, raw_json = read_entry(entry.fields, keyring)
+        event, raw_json = read_entry(entry.fields, keyring)
     except WebhookError as exc:
         return Work(entry, poison_chat, Unreadable(exc.detail, "InvalidPayload"))
     except DecryptError:
         return Work(entry, poison_chat, Sealed(Keyring.key_id_of(payload)))
-    return Work(entry, f"{message.instance}\n{message.remote_jid}", Decoded(message, raw_json))
+    return Work(entry, f"{event.instance}\n{event.remote_jid}", Decoded(event, raw_json))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,43 @@ class RoundResult:
 
     completed: int
     retry_at: float | None = None
+
+
+def _event_attributes(event: ChatEvent) -> dict[str, str | bool]:
+    attrs: dict[str, str | bool] = {
+        names.ATTR_INSTANCE: event.instance,
+        names.ATTR_FROM_ME: event.from_me,
+        names.ATTR_CHAT_KIND: chat_kind(event.remote_jid),
+    }
+    if isinstance(event, Message):
+        attrs[names.ATTR_MESSAGE_TYPE] = event.message_type or "unknown"
+        attrs[names.ATTR_EVENT] = "messages.upsert"
+    else:
+        attrs[names.ATTR_EVENT] = _EVENT_NAMES[type(event)]
+    return attrs
+
+
+_EVENT_NAMES: dict[type, str] = {
+    Receipt: "messages.update",
+    Edit: "messages.edited",
+    Deletion: "messages.delete",
+}
+
+
+def _event_write(ctx: Context, event: ChatEvent) -> Write:
+    if isinstance(event, Receipt):
+        return receipt_write(ctx, event)
+    if isinstance(event, Edit):
+        return edit_write(ctx, event)
+    assert isinstance(event, Deletion)
+    return deletion_write(ctx, event)
+
+
+def _outcome(event: ChatEvent, inserted: bool | None) -> str:
+    """processed / duplicate for a message; recorded for other events."""
+    if isinstance(event, Message):
+        return "processed" if inserted else "duplicate"
+    return "recorded"
 
 
 class Pipeline:
@@ -120,8 +158,9 @@ class Pipeline:
         acker: Acker,
         resolver: InstanceResolver,
         telemetry: WorkerTelemetry,
-        evolution: EvolutionClient | None,
         faults: Faults,
+        handling: Handling | None = None,
+        sender: ReplySender | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
@@ -129,8 +168,9 @@ class Pipeline:
         self.acker = acker
         self.resolver = resolver
         self.telemetry = telemetry
-        self.evolution = evolution
         self.faults = faults
+        self.handling = handling
+        self.sender = sender
         self.keyring = settings.keyring()
         # When an entry last opened: a sealed entry that no key opens counts
         # as failing only while others open.
@@ -157,12 +197,13 @@ class Pipeline:
     async def run_round(self, works: Sequence[Work]) -> RoundResult:
         """Process a chat's head entries in order; never raises."""
         started = time.perf_counter()
+        now = time.monotonic()
         head = works[0].decoded
         if isinstance(head, Sealed):
             span = self._start_span(works[0])
             failure = Failure("transient", "DecryptError")
             return await self._failed(works[0], span, failure, started)
-        self.last_opened = time.monotonic()
+        self.last_opened = now
         if isinstance(head, Unreadable):
             span = self._start_span(works[0])
             if await self._dead_letter(
@@ -170,63 +211,36 @@ class Pipeline:
             ):
                 return RoundResult(1)
             return RoundResult(0, self._retry_later(works[0]))
+        for work in works:
+            if work.failures == 0 and work.first_failed_at is None:
+                self.telemetry.chat_wait(now - work.read_at)
         spans = [self._start_span(w) for w in works]
-        decoded = [w.decoded for w in works]
-        assert all(isinstance(d, Decoded) for d in decoded)
-        messages = [d.message for d in decoded if isinstance(d, Decoded)]
-        for span, message in zip(spans, messages, strict=True):
-            span.set_attributes(
-                {
-                    names.ATTR_INSTANCE: message.instance,
-                    names.ATTR_MESSAGE_TYPE: message.message_type or "unknown",
-                    names.ATTR_FROM_ME: message.from_me,
-                    names.ATTR_CHAT_KIND: chat_kind(message.remote_jid),
-                }
-            )
+        events = [w.decoded.event for w in works]
+        for span, event in zip(spans, events, strict=True):
+            span.set_attributes(_event_attributes(event))
         await self.faults.hang_at("hang_processing")
         try:
-            resolution = await self.resolver.resolve(messages[0].instance)
+            resolution = await self.resolver.resolve(events[0].instance)
         except Exception as exc:
             return await self._failed(works[0], spans[0], classify(exc), started)
         self.telemetry.resolved(resolution.source, len(works))
-        rows = [
-            Row(
-                message=d.message,
-                content=seal_row(
-                    self.keyring,
-                    (
-                        d.message.instance,
-                        d.message.remote_jid,
-                        d.message.from_me,
-                        d.message.message_id,
-                    ),
-                    d.message.text,
-                    d.message.push_name,
-                    d.raw_json,
-                ),
-                resolution=resolution,
-                trace_id=trace_id_hex(span),
-                stream_id=w.entry.id,
-                received_at=datetime.fromtimestamp(w.entry.enqueued_at_ms / 1000, UTC),
-                span=span,
-            )
-            for w, d, span in zip(works, decoded, spans, strict=True)
-            if isinstance(d, Decoded)
-        ]
         for span in spans:
             span.set_attribute(names.ATTR_RESOLUTION, resolution.source)
-        written = await self.store.write(rows)
+        try:
+            plan, stopped, with_replies = await self._plan(works, events, spans, resolution)
+        except Exception as exc:  # preparing the handler (a query) failed
+            return await self._failed(works[0], spans[0], classify(exc), started)
+        written = await self.store.write(plan)
         done = len(written.inserted)
+        replies = False
         for i, inserted in enumerate(written.inserted):
-            if inserted:
+            if inserted and isinstance(events[i], Message):
                 self.telemetry.end_to_end(
                     time.time() - works[i].entry.enqueued_at_ms / 1000, spans[i]
                 )
-                message = messages[i]
-                if self._may_reply(message, resolution):
-                    await self._reply(
-                        resolution.instance_name or message.instance, message, spans[i]
-                    )
+                replies = replies or i in with_replies
+        if replies and self.sender is not None:
+            self.sender.wake()
         if done:
             self.faults.crash_at("crash_before_ack")
             ack_failure = await self.acker.ack([w.entry for w in works[:done]], spans[:done])
@@ -235,11 +249,78 @@ class Pipeline:
                 # redelivery is a no-op insert.
                 return await self._failed(works[0], spans[0], ack_failure, started)
             for i in range(done):
-                outcome = "processed" if written.inserted[i] else "duplicate"
+                outcome = _outcome(events[i], written.inserted[i])
                 self._finish(works[i], spans[i], outcome, resolution.source, started)
         if written.failure is not None:
             return await self._failed(works[done], spans[done], written.failure, started, done)
+        if stopped is not None:
+            return await self._failed(works[done], spans[done], stopped, started, done)
         return RoundResult(done)
+
+    async def _plan(
+        self,
+        works: Sequence[Work],
+        events: Sequence[ChatEvent],
+        spans: Sequence[trace.Span],
+        resolution: Resolution,
+    ) -> tuple[list[Write], Failure | None, set[int]]:
+        """What the round writes, in order, up to its first handler failure,
+        and which of its entries carry replies."""
+        messages = [e for e in events if isinstance(e, Message)]
+        stored: set[tuple[str, bool]] = set()
+        state: dict[str, object] = {}
+        if self.handling is not None and messages:
+            stored, state = await self.handling.prepare(
+                messages[0].instance, messages[0].remote_jid, messages
+            )
+        plan: list[Write] = []
+        with_replies: set[int] = set()
+        for index, (work, event, span) in enumerate(zip(works, events, spans, strict=True)):
+            ctx = Context(
+                stream_id=work.entry.id,
+                received_at=datetime.fromtimestamp(work.entry.enqueued_at_ms / 1000, UTC),
+                span=span,
+                resolution=resolution,
+                keyring=self.keyring,
+            )
+            if not isinstance(event, Message):
+                plan.append(_event_write(ctx, event))
+                continue
+            replies: list[str] = []
+            changed = None
+            if self.handling is not None and (event.message_id, event.from_me) not in stored:
+                try:
+                    replies, changed = await self.handling.run(event, resolution, span, state)
+                except HandlerFailed as exc:
+                    return plan, exc.failure, with_replies
+                if changed is not None:
+                    state = changed
+                if replies and not self._may_reply(event, resolution):
+                    self.telemetry.replied("suppressed", len(replies))
+                    replies = []
+            carrier: dict[str, str] = {}
+            _TRACE_CONTEXT.inject(carrier, context=trace.set_span_in_context(span))
+            content = seal_row(
+                self.keyring,
+                (event.instance, event.remote_jid, event.from_me, event.message_id),
+                event.text,
+                event.push_name,
+                work.decoded.raw_json,
+            )
+            write = message_write(
+                ctx,
+                event,
+                content,
+                trace_id_hex(span),
+                replies=replies,
+                partition=work.entry.partition,
+                carrier=carrier,
+                state=changed,
+            )
+            plan.append(write)
+            if replies:
+                with_replies.add(index)
+        return plan, None, with_replies
 
     def _finish(
         self, work: Work, span: trace.Span, outcome: str, source: str, started: float
@@ -252,7 +333,7 @@ class Pipeline:
                 outcome,
                 extra={
                     "messaging.message.id": work.entry.id,
-                    names.ATTR_INSTANCE: work.decoded.message.instance,
+                    names.ATTR_INSTANCE: work.decoded.event.instance,
                     names.ATTR_RESOLUTION: source,
                 },
             )
@@ -261,31 +342,14 @@ class Pipeline:
         span.end()
 
     def _may_reply(self, message: Message, resolution: Resolution) -> bool:
-        """Only to a patient's own chat, from an active, known instance."""
+        """Only to a patient's own chat, from an active, known instance, and
+        only when replies are sent at all."""
+        if self.sender is None:
+            return False
         if message.from_me or resolution.source == "unresolved" or resolution.status != "active":
             return False
         kind = chat_kind(message.remote_jid)
         return kind == "user" or (kind == "group" and self.settings.reply_to_groups)
-
-    async def _reply(self, instance: str, message: Message, span: trace.Span) -> None:
-        if self.evolution is None:
-            return
-        token = otel_context.attach(trace.set_span_in_context(span))
-        try:
-            await self.evolution.send_text(instance, message.remote_jid, self.settings.reply_text)
-        except httpx.HTTPError as exc:
-            # The message is stored; a missed auto-reply is visible but not
-            # retried, so a redelivery can never reply twice.
-            self.telemetry.replied("failed")
-            log.warning(
-                "auto-reply failed: %s",
-                type(exc).__name__,
-                extra={"error.type": type(exc).__name__},
-            )
-        else:
-            self.telemetry.replied("sent")
-        finally:
-            otel_context.detach(token)
 
     async def _failed(
         self, work: Work, span: trace.Span, failure: Failure, started: float, done: int = 0

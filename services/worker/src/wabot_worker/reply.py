@@ -1,4 +1,4 @@
-"""Optional automatic reply through Evolution API's send-text endpoint."""
+"""Evolution API's send-text endpoint, for the reply sender."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class EvolutionClient:
             timeout=timeout,
         )
 
-    async def send_text(self, instance: str, remote_jid: str, text: str) -> None:
+    async def send_text(self, instance: str, remote_jid: str, text: str) -> httpx.Response:
         """Send ``text`` to the chat; raises ``httpx.HTTPError`` on failure."""
         # Evolution takes a bare number for people and the full JID for groups.
         number = (
@@ -34,6 +34,7 @@ class EvolutionClient:
             f"/message/sendText/{quote(instance, safe='')}", json={"number": number, "text": text}
         )
         response.raise_for_status()
+        return response
 
     async def close(self) -> None:
         """Close the connection pool."""

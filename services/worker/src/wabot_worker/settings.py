@@ -88,6 +88,24 @@ class WorkerSettings(QueueSettings):
     )
     reply_text: str = Field(default=DEFAULT_REPLY_TEXT, validation_alias=env("REPLY_TEXT"))
     reply_timeout: float = Field(default=5.0, gt=0, validation_alias=env("REPLY_TIMEOUT"))
+    # Your bot: package.module:callable (see README, "Your handler"); unset:
+    # the built-in auto-reply (REPLY_TEXT, when REPLY_ENABLED).
+    handler: str | None = Field(default=None, validation_alias=env("WORKER_HANDLER"))
+    handler_timeout: float = Field(
+        default=10.0, gt=0, validation_alias=env("WORKER_HANDLER_TIMEOUT")
+    )
+    # Replies: retried with exponential backoff (honouring Retry-After) until
+    # accepted, or failed after this many attempts or this long.
+    reply_max_attempts: int = Field(default=15, ge=1, validation_alias=env("REPLY_MAX_ATTEMPTS"))
+    reply_budget: Duration = Field(default=6 * 3600.0, validation_alias=env("REPLY_BUDGET"))
+    reply_backoff_initial: float = Field(
+        default=1.0, gt=0, validation_alias=env("REPLY_BACKOFF_INITIAL")
+    )
+    reply_backoff_max: float = Field(default=300.0, gt=0, validation_alias=env("REPLY_BACKOFF_MAX"))
+    reply_concurrency: int = Field(default=16, ge=1, validation_alias=env("REPLY_CONCURRENCY"))
+    reply_poll_interval: float = Field(
+        default=1.0, gt=0, validation_alias=env("REPLY_POLL_INTERVAL")
+    )
     # Acknowledged entries are kept this long (a replay window), then trimmed:
     # the row is the durable copy, and Redis then holds minutes of messages.
     stream_retention_seconds: int = Field(

@@ -1,14 +1,17 @@
-"""Idempotent storage of messages, with group commit.
+"""Idempotent storage of chat events, with group commit.
 
-Chats hand their rounds (a chat's next messages, in order) to the store; a
+Chats hand their rounds (a chat's next events, in order) to the store; a
 flusher writes everything handed in meanwhile in one transaction, one round
 trip (psycopg pipeline mode), so thousands of chats cost a few commits rather
-than one each. A failed transaction is replayed round by round, each row in
-its own transaction and stopping at a round's first failure, so one bad row
-fails only its own message and never lets a chat's later message be stored
-before it. When a row fails with a transient error, a probe (``SELECT 1``)
-tells a database that is down (every round then fails at once, without
-waiting for each) from one that is up and refuses this row.
+than one each. A message's row, its replies (the outbox) and its chat's
+handler state are one statement, so they commit together or not at all.
+
+A failed transaction is replayed round by round, each entry in its own
+transaction and stopping at a round's first failure, so one bad entry fails
+only itself and never lets a chat's later event be stored before it. When an
+entry fails with a transient error, a probe tells a database that is down
+(every round then fails at once, without waiting for each) from one that is
+up and refuses this entry.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
@@ -29,30 +32,47 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
-from wabot_shared.content import RowContent
 from wabot_shared.failures import Failure, classify
-from wabot_shared.message import Message
-from wabot_worker.instances import Resolution
 from wabot_worker.spans import record_children
 
 log = logging.getLogger("wabot.worker.store")
 
 TABLE = "healthcare.whatsapp_messages"
-_COLUMNS = (
-    "instance_name, remote_jid, from_me, message_id, participant, push_name,"
-    " message_type, text_body, raw_payload, message_timestamp, resolution,"
-    " resolved_instance, instance_id, organization_id, clinic_id, trace_id,"
-    " stream_id, received_at, parse_issues, text_body_enc, push_name_enc,"
-    " raw_payload_enc, content_key_id"
-)
-# Healthy = reachable *and* migrated: the table and every column written
+# Healthy = reachable *and* migrated: the tables and every column written
 # exist (read from the catalog: the worker may not SELECT content columns).
 _SCHEMA_PROBE = (
     "SELECT count(*) FROM information_schema.columns"
     " WHERE table_schema = 'healthcare' AND table_name = 'whatsapp_messages'"
     " AND column_name = ANY(%s)"
 )
-_COLUMN_NAMES = [c.strip() for c in _COLUMNS.split(",")]
+MESSAGE_COLUMNS = (
+    "instance_name",
+    "remote_jid",
+    "from_me",
+    "message_id",
+    "participant",
+    "push_name",
+    "message_type",
+    "text_body",
+    "raw_payload",
+    "message_timestamp",
+    "resolution",
+    "resolved_instance",
+    "instance_id",
+    "organization_id",
+    "clinic_id",
+    "trace_id",
+    "stream_id",
+    "received_at",
+    "parse_issues",
+    "text_body_enc",
+    "push_name_enc",
+    "raw_payload_enc",
+    "content_key_id",
+    "media_id",
+)
+_PROBE_TIMEOUT_S = 1.0
+_PROBE_CACHE_S = 0.5
 
 
 class SchemaNotMigrated(Exception):
@@ -61,86 +81,69 @@ class SchemaNotMigrated(Exception):
 
 async def probe_schema(conn: AsyncConnection[TupleRow]) -> None:
     """Raise :class:`SchemaNotMigrated` unless every written column exists."""
-    row = await (await conn.execute(_SCHEMA_PROBE, (_COLUMN_NAMES,))).fetchone()
-    if row is None or row[0] != len(_COLUMN_NAMES):
+    row = await (await conn.execute(_SCHEMA_PROBE, (list(MESSAGE_COLUMNS),))).fetchone()
+    if row is None or row[0] != len(MESSAGE_COLUMNS):
         raise SchemaNotMigrated(f"{TABLE} lacks columns; run `migrate`")
 
 
-_INSERT = f"""
-INSERT INTO {TABLE} ({_COLUMNS})
-VALUES (
-    %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-    %s, %s, %s, %s
-)
-ON CONFLICT (instance_name, remote_jid, from_me, message_id) DO NOTHING
-RETURNING id
-"""
-_INSERT_SPAN = f"INSERT {TABLE}"
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One SQL statement of an entry; ``returns``: its first row says whether
+    it inserted (``RETURNING``)."""
 
-_PROBE_TIMEOUT_S = 1.0
-_PROBE_CACHE_S = 0.5
+    sql: str
+    params: Sequence[Any] | Mapping[str, Any]
+    returns: bool = False
 
 
 @dataclass(slots=True)
-class Row:
-    """One message to store, with what was learnt while handling it."""
+class Write:
+    """What one stream entry writes, named for its trace (``operation``)."""
 
-    message: Message
-    content: RowContent
-    resolution: Resolution
-    trace_id: str | None
-    stream_id: str
-    received_at: datetime
+    statements: list[Statement]
     span: trace.Span
-
-    def params(self) -> tuple[Any, ...]:
-        m, r, c = self.message, self.resolution, self.content
-        return (
-            m.instance,
-            m.remote_jid,
-            m.from_me,
-            m.message_id,
-            m.participant,
-            c.push_name,
-            m.message_type,
-            c.text_body,
-            c.raw_payload,
-            m.timestamp,
-            r.source,
-            r.instance_name,
-            r.instance_id,
-            r.organization_id,
-            r.clinic_id,
-            self.trace_id,
-            self.stream_id,
-            self.received_at,
-            sorted(m.issues),
-            c.text_body_enc,
-            c.push_name_enc,
-            c.raw_payload_enc,
-            c.key_id,
-        )
+    operation: str
+    collection: str
+    instance_id: uuid.UUID | None = None
 
 
 @dataclass(slots=True)
 class Written:
-    """The outcome of one round: rows ``inserted`` (False = already stored)
-    for the committed prefix, then the failure of the next row, if any."""
+    """The outcome of one round: per entry of the committed prefix, whether its
+    returning statement inserted (None: it has none); then the failure of the
+    next entry, if any."""
 
-    inserted: list[bool]
+    inserted: list[bool | None]
     failure: Failure | None = None
 
 
 @dataclass(slots=True)
 class _Round:
-    rows: list[Row]
+    writes: list[Write]
     done: asyncio.Future[Written] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
 
+async def _execute(conn: AsyncConnection[TupleRow], writes: Sequence[Write]) -> list[bool | None]:
+    """Every statement of ``writes`` in one round trip, in order."""
+    cursors: list[tuple[int, Any]] = []
+    async with conn.pipeline() as pipe:
+        for index, write in enumerate(writes):
+            for statement in write.statements:
+                cursor = await conn.execute(statement.sql, statement.params)
+                if statement.returns:
+                    cursors.append((index, cursor))
+        await pipe.sync()
+    results: list[bool | None] = [None] * len(writes)
+    for index, cursor in cursors:
+        if results[index] is None:
+            results[index] = await cursor.fetchone() is not None
+    return results
+
+
 class MessageStore:
-    """Group-committing writer of message rows; run :meth:`run` as a task."""
+    """Group-committing writer of chat events; run :meth:`run` as a task."""
 
     def __init__(
         self,
@@ -154,12 +157,7 @@ class MessageStore:
         self.tracer = tracer
         self.max_rows = max_rows
         self.flushers = flushers
-        self._attrs = {
-            **db_attributes,
-            db.DB_OPERATION_NAME: "INSERT",
-            db.DB_COLLECTION_NAME: TABLE,
-            db.DB_QUERY_SUMMARY: _INSERT_SPAN,
-        }
+        self._db = db_attributes
         self._queue: deque[_Round] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -170,11 +168,11 @@ class MessageStore:
         self._probed_at = -1e9
         self._probe_ok = False
 
-    async def write(self, rows: list[Row]) -> Written:
-        """Store one round of a chat's rows, in order; never raises."""
-        if not rows:
+    async def write(self, writes: list[Write]) -> Written:
+        """Store one round of a chat's entries, in order; never raises."""
+        if not writes:
             return Written([])
-        round_ = _Round(rows)
+        round_ = _Round(writes)
         self._queue.append(round_)
         self._wakeup.set()
         return await round_.done
@@ -198,85 +196,81 @@ class MessageStore:
                 continue
             rounds: list[_Round] = []
             count = 0
-            while self._queue and (not rounds or count + len(self._queue[0].rows) <= self.max_rows):
+            while self._queue and (
+                not rounds or count + len(self._queue[0].writes) <= self.max_rows
+            ):
                 round_ = self._queue.popleft()
                 rounds.append(round_)
-                count += len(round_.rows)
+                count += len(round_.writes)
             await self._flush(rounds)
 
+    def _spans(
+        self, writes: Sequence[Write], start_ns: int, end_ns: int, failure: Failure | None = None
+    ) -> None:
+        batch = len(writes)
+        by_operation: dict[tuple[str, str], list[Write]] = {}
+        for write in writes:
+            by_operation.setdefault((write.operation, write.collection), []).append(write)
+        for (operation, collection), group in by_operation.items():
+            attrs: dict[str, AttributeValue] = {
+                **self._db,
+                db.DB_OPERATION_NAME: operation,
+                db.DB_COLLECTION_NAME: collection,
+                db.DB_QUERY_SUMMARY: f"{operation} {collection}",
+            }
+            if batch > 1:
+                attrs[db.DB_OPERATION_BATCH_SIZE] = batch
+            record_children(
+                self.tracer,
+                (w.span for w in group),
+                f"{operation} {collection}",
+                attrs,
+                start_ns=start_ns,
+                end_ns=end_ns,
+                failure=failure,
+            )
+
     async def _flush(self, rounds: list[_Round]) -> None:
-        rows = [row for round_ in rounds for row in round_.rows]
+        writes = [w for round_ in rounds for w in round_.writes]
         started = time.time_ns()
         try:
-            inserted = await self._insert_all(rows)
+            async with self.pool.connection() as conn, conn.transaction():
+                inserted = await _execute(conn, writes)
         except Exception as exc:
             failure = classify(exc)
             log.warning(
-                "batch insert failed; retrying row by row",
+                "batch insert failed; retrying entry by entry",
                 extra={
                     "error.type": failure.error_type,
                     "db.response.status_code": failure.code,
-                    "db.operation.batch.size": len(rows),
+                    "db.operation.batch.size": len(writes),
                 },
             )
             await self._replay(rounds)
             return
-        ended = time.time_ns()
-        attrs = dict(self._attrs)
-        if len(rows) > 1:
-            attrs[db.DB_OPERATION_BATCH_SIZE] = len(rows)
-        record_children(
-            self.tracer, (r.span for r in rows), _INSERT_SPAN, attrs, start_ns=started, end_ns=ended
-        )
-        self._committed(rows, inserted)
+        self._spans(writes, started, time.time_ns())
+        self._committed(writes, inserted)
         offset = 0
         for round_ in rounds:
-            n = len(round_.rows)
+            n = len(round_.writes)
             _resolve(round_, Written(inserted[offset : offset + n]))
             offset += n
 
-    async def _insert_all(self, rows: list[Row]) -> list[bool]:
-        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await cur.executemany(_INSERT, [r.params() for r in rows], returning=True)
-            inserted: list[bool] = []
-            while True:
-                inserted.append(await cur.fetchone() is not None)
-                if not cur.nextset():
-                    break
-        return inserted
-
-    async def _insert_one(self, row: Row) -> bool:
+    async def _write_one(self, write: Write) -> bool | None:
         started = time.time_ns()
         try:
-            async with self.pool.connection() as conn:
-                cursor = await conn.execute(_INSERT, row.params())
-                inserted = await cursor.fetchone() is not None
+            async with self.pool.connection() as conn, conn.transaction():
+                [inserted] = await _execute(conn, [write])
         except Exception as exc:
-            failure = classify(exc)
-            record_children(
-                self.tracer,
-                [row.span],
-                _INSERT_SPAN,
-                self._attrs,
-                start_ns=started,
-                end_ns=time.time_ns(),
-                failure=failure,
-            )
+            self._spans([write], started, time.time_ns(), classify(exc))
             raise
-        record_children(
-            self.tracer,
-            [row.span],
-            _INSERT_SPAN,
-            self._attrs,
-            start_ns=started,
-            end_ns=time.time_ns(),
-        )
-        self._committed([row], [inserted])
+        self._spans([write], started, time.time_ns())
+        self._committed([write], [inserted])
         return inserted
 
     async def probe(self) -> bool:
-        """Whether the table rows go to answers (cached for a moment): reachable
-        *and* migrated, or every row fails alike and none is to blame."""
+        """Whether the tables entries go to answer (cached for a moment):
+        reachable *and* migrated, or every entry fails alike and none is to blame."""
         now = time.monotonic()
         if now - self._probed_at < _PROBE_CACHE_S:
             return self._probe_ok
@@ -291,26 +285,26 @@ class MessageStore:
 
     async def _replay(self, rounds: list[_Round]) -> None:
         for index, round_ in enumerate(rounds):
-            inserted: list[bool] = []
+            inserted: list[bool | None] = []
             failure: Failure | None = None
-            for row in round_.rows:
+            for write in round_.writes:
                 try:
-                    inserted.append(await self._insert_one(row))
+                    inserted.append(await self._write_one(write))
                 except Exception as exc:
                     failure = classify(exc)
                     break
             if failure is not None and failure.transient and not await self.probe():
-                # Down for this row as for the batch: an outage, not one bad row.
+                # Down for this entry as for the batch: an outage, not one bad entry.
                 for rest in rounds[index:]:
                     _resolve(rest, Written([] if rest is not round_ else inserted, failure))
                 return
             _resolve(round_, Written(inserted, failure))
 
-    def _committed(self, rows: list[Row], inserted: list[bool]) -> None:
+    def _committed(self, writes: Sequence[Write], inserted: Sequence[bool | None]) -> None:
         self.last_commit = time.monotonic()
-        for row, new in zip(rows, inserted, strict=True):
-            if new and row.resolution.instance_id is not None:
-                self.seen_instances.add(row.resolution.instance_id)
+        for write, new in zip(writes, inserted, strict=True):
+            if new and write.instance_id is not None:
+                self.seen_instances.add(write.instance_id)
 
 
 def _resolve(round_: _Round, written: Written) -> None:

@@ -56,6 +56,32 @@ class WorkerTelemetry:
         self._replies = meter.create_counter(
             names.METRIC_REPLIES, unit="{message}", description="Automatic replies by outcome"
         )
+        self._reply_latency = meter.create_histogram(
+            names.METRIC_REPLY_LATENCY,
+            unit="s",
+            description="Inbound webhook accepted to its reply accepted by Evolution",
+            explicit_bucket_boundaries_advisory=list(names.DURATION_BUCKETS),
+        )
+        self._chat_wait = meter.create_histogram(
+            names.METRIC_CHAT_WAIT,
+            unit="s",
+            description="Time a message waited in the worker behind its chat's earlier ones",
+            explicit_bucket_boundaries_advisory=list(names.DURATION_BUCKETS),
+        )
+        self._handler = meter.create_histogram(
+            names.METRIC_HANDLER_DURATION,
+            unit="s",
+            description="Time the handler took per message",
+            explicit_bucket_boundaries_advisory=list(names.DURATION_BUCKETS),
+        )
+        self.outbox: tuple[int, float] | None = None
+        for name, index, unit, description in (
+            (names.METRIC_OUTBOX_DEPTH, 0, "{reply}", "Replies waiting to be sent"),
+            (names.METRIC_OUTBOX_OLDEST_AGE, 1, "s", "Age of the oldest reply waiting to be sent"),
+        ):
+            meter.create_observable_gauge(
+                name, callbacks=[self._outbox_callback(index)], unit=unit, description=description
+            )
         self._maintenance = meter.create_counter(
             names.METRIC_MAINTENANCE_FAILURES,
             unit="{failure}",
@@ -121,6 +147,12 @@ class WorkerTelemetry:
 
         return callback
 
+    def _outbox_callback(self, index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(_: CallbackOptions) -> Iterable[Observation]:
+            return [] if self.outbox is None else [Observation(self.outbox[index])]
+
+        return callback
+
     def _heartbeat_callback(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self.heartbeat)]
 
@@ -142,6 +174,16 @@ class WorkerTelemetry:
         """Record accepted → committed latency, with ``span`` as its exemplar."""
         self._e2e.record(max(seconds, 0.0), context=trace.set_span_in_context(span))
 
+    def reply_latency(self, seconds: float, span: trace.Span) -> None:
+        self._reply_latency.record(max(seconds, 0.0), context=trace.set_span_in_context(span))
+
+    def chat_wait(self, seconds: float) -> None:
+        self._chat_wait.record(max(seconds, 0.0))
+
+    def handled(self, seconds: float, error_type: str | None = None) -> None:
+        attrs = {error_attributes.ERROR_TYPE: error_type} if error_type else {}
+        self._handler.record(seconds, attrs)
+
     def resolved(self, source: str, count: int = 1) -> None:
         self._resolutions.add(count, {names.ATTR_RESOLUTION: source})
 
@@ -154,5 +196,6 @@ class WorkerTelemetry:
             1, {"maintenance.step": step, error_attributes.ERROR_TYPE: error_type}
         )
 
-    def replied(self, outcome: str) -> None:
-        self._replies.add(1, {names.ATTR_OUTCOME: outcome})
+    def replied(self, outcome: str, count: int = 1) -> None:
+        """Count reply outcomes: sent, retried, failed, suppressed."""
+        self._replies.add(count, {names.ATTR_OUTCOME: outcome})

@@ -32,9 +32,12 @@ from wabot_worker.acks import Acker
 from wabot_worker.assignment import Assignment
 from wabot_worker.consumer import Consumer
 from wabot_worker.faults import Faults
+from wabot_worker.handler import Handler, resolve_handler
+from wabot_worker.handling import Handling
 from wabot_worker.health import HealthServer
 from wabot_worker.instances import InstanceResolver, listen_for_changes
 from wabot_worker.maintenance import Maintenance
+from wabot_worker.outbox import ReplySender, SenderSettings
 from wabot_worker.pipeline import Pipeline
 from wabot_worker.reply import EvolutionClient
 from wabot_worker.settings import WorkerSettings
@@ -62,11 +65,13 @@ class Worker:
         *,
         faults: Faults | None = None,
         burst: bool = False,
+        handler: Handler | None = None,
     ) -> None:
         self.settings = settings
         self.version = version
         self.faults = faults or Faults(settings.fault)
         self.burst = burst
+        self.handler = handler
         self.shutdown_signal = GracefulShutdown()
         self.stop = self.shutdown_signal.requested
         self.token = uuid.uuid4().hex
@@ -112,12 +117,35 @@ class Worker:
             dsn, max_size=s.pool_size, name="wabot-worker", timeout=s.pool_timeout
         )
         self._closers.append(lambda: self.pool.close(timeout=2.0))
-        evolution = None
+        self.assignment = Assignment(
+            leases, s.stream_partitions, consumer_name, self.token, s.partition_lease_ms
+        )
+        self.sender: ReplySender | None = None
         if s.reply_enabled and s.evolution_api_url and s.evolution_api_key:
             evolution = EvolutionClient(
                 s.evolution_api_url, s.evolution_api_key.get_secret_value(), s.reply_timeout
             )
             self._closers.append(evolution.close)
+            assignment = self.assignment
+            self.sender = ReplySender(
+                self.pool,
+                evolution=evolution,
+                keyring=s.keyring(),
+                telemetry=self.telemetry,
+                owned=lambda: sorted(assignment.owned - assignment.releasing),
+                settings=SenderSettings(
+                    concurrency=s.reply_concurrency,
+                    max_attempts=s.reply_max_attempts,
+                    budget_s=s.reply_budget or float("inf"),
+                    backoff_initial=s.reply_backoff_initial,
+                    backoff_max=s.reply_backoff_max,
+                    poll_interval=s.reply_poll_interval,
+                ),
+            )
+        handler = self.handler if self.handler is not None else resolve_handler(s)
+        handling = None
+        if handler is not None:
+            handling = Handling(handler, s.handler_timeout, self.pool, s.keyring(), self.telemetry)
         store = MessageStore(self.pool, tracer, db_base_attributes(dsn), s.max_rows_per_commit)
         acker = Acker(self.queue, tracer)
         resolver = InstanceResolver(self.pool, s.default_instance, s.instance_cache_seconds)
@@ -128,11 +156,9 @@ class Worker:
             acker=acker,
             resolver=resolver,
             telemetry=self.telemetry,
-            evolution=evolution,
             faults=self.faults,
-        )
-        self.assignment = Assignment(
-            leases, s.stream_partitions, consumer_name, self.token, s.partition_lease_ms
+            handling=handling,
+            sender=self.sender,
         )
         self.store, self.acker = store, acker
         self.consumer = Consumer(
@@ -143,7 +169,9 @@ class Worker:
             telemetry=self.telemetry,
             faults=self.faults,
         )
-        self.maintenance = Maintenance(s, self.queue, self.pool, store, self.telemetry)
+        self.maintenance = Maintenance(
+            s, self.queue, self.pool, store, self.telemetry, sender=self.sender
+        )
         self.health_server = HealthServer(s.health_host, s.health_port, self.health)
         await self.health_server.start()
         self._closers.append(self.health_server.close)
@@ -156,6 +184,8 @@ class Worker:
         self._spawn("dispatcher", self.consumer.dispatch_loop(self.stop))
         self._spawn("maintenance", self.maintenance.run(self.stop))
         self._spawn("instances", listen_for_changes(dsn, resolver, self.stop))
+        if self.sender is not None:
+            self._spawn("replies", self.sender.run(self.stop))
         warn_if_content_in_clear(s, log)
         log.info(
             "worker started",
@@ -233,6 +263,7 @@ class Worker:
             self.acker.close()
         for name in ("store", "acker"):
             await self._finish_task(name, timeout=1.0)
+        await self._finish_task("replies", timeout=2.0)
         for name in ("assignment", "maintenance", "instances"):
             await self._finish_task(name, timeout=0.0)
         if consumer is not None:
