@@ -21,6 +21,7 @@ ROOT_FILES = (
     "versions.env",
     ".shellcheckrc",
     "Makefile",
+    "tests/image/containers.conf",  # podman's, for the image test
 )
 SCRIPT_DIRS = ("scripts", ".ci")
 
