@@ -97,13 +97,22 @@ class Sampler:
     ``target`` (or ``timeout`` passes): the drain's progress over time."""
 
     def __init__(
-        self, read: Callable[[], int], target: int, *, timeout: float, interval: float = 0.02
+        self,
+        read: Callable[[], int],
+        target: int,
+        *,
+        timeout: float,
+        interval: float = 0.02,
+        pid: int | None = None,
     ) -> None:
         self.read = read
         self.target = target
         self.timeout = timeout
         self.interval = interval
+        # With ``pid``: that process's CPU time at each sample, too.
+        self.pid = pid
         self.samples: list[tuple[float, int]] = []
+        self.cpu: list[float] = []
         self.done = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
@@ -121,6 +130,11 @@ class Sampler:
                 value = self.samples[-1][1] if self.samples else 0
             now = time.monotonic()
             self.samples.append((now, value))
+            if self.pid is not None:
+                try:
+                    self.cpu.append(cpu_seconds(self.pid))
+                except OSError:
+                    self.cpu.append(self.cpu[-1] if self.cpu else 0.0)
             if value >= self.target or now >= deadline:
                 break
             self._stop.wait(self.interval)  # sampling interval, not synchronisation
@@ -142,13 +156,19 @@ class Sampler:
         return bool(self.samples) and self.samples[-1][1] >= self.target
 
     def rate(self) -> dict[str, float]:
-        """From the first sample showing progress to the one reaching the target."""
-        moving = [(t, v) for t, v in self.samples if v > 0]
+        """From the first sample showing progress to the last one (which reached
+        the target, unless time ran out); with ``pid``, its CPU per item too."""
+        moving = [i for i, (_, v) in enumerate(self.samples) if v > 0]
         if len(moving) < 2:
             return {"per_s": float("nan"), "seconds": float("nan"), "counted": 0}
-        (t0, v0), (t1, v1) = moving[0], moving[-1]
+        first, last = moving[0], moving[-1]
+        (t0, v0), (t1, v1) = self.samples[first], self.samples[last]
         seconds = max(t1 - t0, 1e-9)
-        return {"per_s": (v1 - v0) / seconds, "seconds": seconds, "counted": v1 - v0}
+        out = {"per_s": (v1 - v0) / seconds, "seconds": seconds, "counted": v1 - v0}
+        if self.cpu and v1 > v0:
+            out["cpu_ms_per_item"] = (self.cpu[last] - self.cpu[first]) * 1000 / (v1 - v0)
+            out["cpu_utilisation"] = (self.cpu[last] - self.cpu[first]) / seconds
+        return out
 
 
 # -- Redis ---------------------------------------------------------------------------------
