@@ -47,9 +47,23 @@ dashboards:
 typecheck:
 	$(UV) run mypy services shared grafana/generate.py
 
-## bench: end-to-end throughput/latency and telemetry overhead (writes bench/results/*.json)
+## bench: wabot against its peers in one run, each target of issue 11 with its measured
+## ratio or figure (about 20 minutes on 2 cores; writes bench/results/bench-*.json and .md).
+## Installs what it needs (scripts/bench-bootstrap.sh); BENCH_ARGS are passed on (--help).
+.PHONY: bench-quick bench-profile
 bench: bootstrap
-	$(UV) run python -m bench.pipeline
+	@scripts/bench-bootstrap.sh
+	$(UV) run --frozen --group bench python -m bench.pipeline $(BENCH_ARGS)
+
+## bench-quick: the same, short (a few minutes), to iterate on performance
+bench-quick: bootstrap
+	@scripts/bench-bootstrap.sh
+	$(UV) run --frozen --group bench python -m bench.pipeline --quick $(BENCH_ARGS)
+
+## bench-profile: py-spy profiles of ingest and worker under load (bench/results/profile-*/)
+bench-profile: bootstrap
+	@scripts/bench-bootstrap.sh
+	$(UV) run --frozen --group bench python -m bench.pipeline --quick --only profile $(BENCH_ARGS)
 
 clean:
 	rm -rf .run .mypy_cache .ruff_cache .pytest_cache bench/results

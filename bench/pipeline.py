@@ -44,6 +44,7 @@ from bench.report import markdown, print_report
 from bench.telemetry import TelemetryBackend
 
 PHASES = ("ingest", "drain", "latency", "memory")
+ALL_PHASES = (*PHASES, "profile")
 RESULTS = REPO / "bench" / "results"
 
 
@@ -60,9 +61,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short run (bench-quick)")
     parser.add_argument("--smoke", action="store_true", help="tiny run: checks it works only")
     parser.add_argument(
-        "--only", default=",".join(PHASES), help=f"comma-separated phases of {PHASES}"
+        "--only", default=",".join(PHASES), help=f"comma-separated phases of {ALL_PHASES}"
     )
-    parser.add_argument("--profile", action="store_true", help="py-spy profiles (bench-profile)")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy profiles too (the phase 'profile')"
+    )
     parser.add_argument("--rounds", type=int, help="rounds of the ingest and drain phases")
     parser.add_argument("--seconds", type=float, help="seconds of each ingest round")
     parser.add_argument("--drain-messages", type=int, help="backlog of each drain round")
@@ -97,9 +100,11 @@ def main() -> None:
         raise SystemExit("wrk not found: run scripts/bench-bootstrap.sh (make bench does)")
     cfg = config_from(args)
     wanted = [p for p in args.only.split(",") if p]
-    unknown = set(wanted) - set(PHASES)
+    if args.profile and "profile" not in wanted:
+        wanted.append("profile")
+    unknown = set(wanted) - set(ALL_PHASES)
     if unknown:
-        raise SystemExit(f"unknown phases {sorted(unknown)}; known: {PHASES}")
+        raise SystemExit(f"unknown phases {sorted(unknown)}; known: {ALL_PHASES}")
     arq_python = default_arq_python()
     started = time.monotonic()
     results: dict[str, Any] = {
@@ -139,7 +144,7 @@ def main() -> None:
                 )
                 bench = phases.Bench(cfg, stack, backend, tmp, arq_python)
                 try:
-                    run_phases(bench, wanted, results, profile=args.profile)
+                    run_phases(bench, wanted, results)
                 finally:
                     stack.stop_all()
                     results["telemetry"] = backend.summary()
@@ -156,14 +161,15 @@ def main() -> None:
     print(f"\nwrote {out} and {out.with_suffix('.md').name}")
 
 
-def run_phases(
-    bench: phases.Bench, wanted: list[str], results: dict[str, Any], *, profile: bool
-) -> None:
+def run_phases(bench: phases.Bench, wanted: list[str], results: dict[str, Any]) -> None:
+    from bench.profile import profile_phase
+
     steps = {
         "ingest": ("(a) ingest throughput, rounds rotated", bench.ingest_phase),
         "drain": ("(b) worker drain vs Celery and arq, rounds rotated", bench.drain_phase),
         "latency": ("(c) end-to-end latency at fixed offered rates", bench.latency_phase),
         "memory": ("(d) RSS after N messages through ingest and worker", bench.memory_phase),
+        "profile": ("profiles of ingest and worker (py-spy)", lambda: profile_phase(bench)),
     }
     for name in wanted:
         title, step = steps[name]
@@ -173,11 +179,6 @@ def run_phases(
         except Exception:  # one broken phase must not lose the others' figures
             results.setdefault("errors", {})[name] = traceback.format_exc()
             print(f"  {name} failed:\n{traceback.format_exc()}", flush=True)
-    if profile:
-        from bench.profile import profile_phase
-
-        print("profiles (py-spy)", flush=True)
-        results["profile"] = profile_phase(bench)
 
 
 if __name__ == "__main__":

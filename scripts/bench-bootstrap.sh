@@ -4,7 +4,7 @@
 # OpenTelemetry instrumentation, py-spy), and the arq peer's own environment
 # (arq pins redis < 6, the services use redis 8), built from the hashed
 # bench/peers/arq-requirements.txt into $WABOT_CACHE_DIR/bench/arq-venv
-# (default ~/.cache/wabot). The last line printed is ARQ_PYTHON=<its python>.
+# (default ~/.cache/wabot), where bench/pipeline.py looks for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,4 +36,3 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   "${UV[@]}" pip sync --quiet --require-hashes --python "$venv/bin/python" "$requirements"
   echo "$want" >"$stamp"
 fi
-echo "ARQ_PYTHON=$venv/bin/python"
