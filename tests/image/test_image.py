@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from tests.deploy.files import DOCKERFILE
-from tests.support.image import UID, Containers, image_user
+from tests.support.image import UID, Containers, image_user, python_release
 from tests.support.messages import upsert
 from tests.support.otlp import OtlpSink
 from tests.support.stack.net import closed_port, free_port, wait_for
@@ -48,6 +48,10 @@ def test_the_image_runs_as_uid_10001_and_holds_only_the_venv_and_migrations(
     uid, gid, *app = ids.stdout.split()
     assert (int(uid), int(gid)) == (UID, UID)
     assert sorted(app) == [".venv", "migrations"]
+    # The venv's interpreter is the official image's minor version (PYTHON_IMAGE).
+    minor, _release = python_release()
+    python = containers.run("python", "python", "-c", "import sys; print(sys.version)", env={})
+    assert python.stdout.startswith(minor + "."), python.stdout + python.stderr
     # Root owns the code and the migrations: the service user cannot change them.
     owners = containers.run(
         "owners",
