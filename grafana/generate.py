@@ -82,6 +82,8 @@ DEAD_LETTERS = "env_destination:whatsapp_queue_dead_letter_length:max"
 E2E_BUCKETS = "env_le:whatsapp_message_end_to_end_duration_seconds_bucket:rate5m"
 HEARTBEAT_AGE = "env_instance:whatsapp_worker_heartbeat_age_seconds"
 DROPPED = "job:otelcol_dropped_items:rate5m"
+REDIS_MEMORY = "env_instance:redis_memory_used:ratio"
+PG_CONNECTIONS = "env_instance:pg_connections:ratio"
 
 
 # ---------------------------------------------------------------- queries ---
@@ -264,8 +266,9 @@ class Layout:
         return doc
 
 
-def env_variable() -> dashboard.QueryVariable:
-    expr = "label_values(target_info, deployment_environment_name)"
+def env_variable(
+    expr: str = "label_values(target_info, deployment_environment_name)",
+) -> dashboard.QueryVariable:
     return (
         dashboard.QueryVariable("env")
         .label("Environment")
@@ -825,9 +828,209 @@ def collector_health() -> dict[str, Any]:
     return layout.build()
 
 
+def infrastructure() -> dict[str, Any]:
+    layout = Layout(
+        "wabot-infrastructure",
+        "wabot / Infrastructure",
+        "Redis (the stream) and PostgreSQL (the rows) as their Prometheus exporters see them "
+        "(jobs redis and postgres): memory and its limit, evictions, clients, persistence; "
+        "connections and their limit, deadlocks, database size, replication lag. The ratio "
+        "panels show what RedisMemoryHigh and PostgresConnectionsHigh evaluate "
+        "(prometheus/alerts.yml recording rules). Data: Prometheus (uid prometheus).",
+    )
+    layout.board = layout.board.with_variable(
+        env_variable('label_values(up{job=~"redis|postgres"}, deployment_environment_name)')
+    )
+    redis = 'job="redis"'
+    pg = 'job="postgres"'
+    up = (("red", None), ("green", 1))
+    ok = (("red", None), ("green", 1))
+    layout.panels(
+        stat_panel(
+            "Redis up",
+            "The exporter reaches Redis (redis_up; 1 = up).",
+            f"min({sel('redis_up', redis, ENV)})",
+            "short",
+            up,
+        ),
+        stat_panel(
+            "Redis memory used",
+            "Of maxmemory, or of the host's memory without one. Alert RedisMemoryHigh at 80%.",
+            f"max({sel(REDIS_MEMORY, ENV)})",
+            "percentunit",
+            (("green", None), ("orange", 0.6), ("red", 0.8)),
+        ),
+        stat_panel(
+            "Redis evictions (5m)",
+            "Keys Redis evicted in the last 5 minutes; anything above 0 loses queued messages. "
+            "Alert RedisEvicting.",
+            f"sum(increase({sel('redis_evicted_keys_total', redis, ENV)}[5m])) or vector(0)",
+            "short",
+            (("green", None), ("red", 1)),
+        ),
+        stat_panel(
+            "Redis AOF last write",
+            "1 = the append-only file's last write succeeded (redis_aof_last_write_status); "
+            "an accepted message survives a Redis restart only through it.",
+            f"min({sel('redis_aof_last_write_status', redis, ENV)})",
+            "short",
+            ok,
+        ),
+        stat_panel(
+            "PostgreSQL up",
+            "The exporter reaches PostgreSQL (pg_up; 1 = up).",
+            f"min({sel('pg_up', pg, ENV)})",
+            "short",
+            up,
+        ),
+        stat_panel(
+            "PostgreSQL connections used",
+            "Of max_connections. Alert PostgresConnectionsHigh at 80%.",
+            f"max({sel(PG_CONNECTIONS, ENV)})",
+            "percentunit",
+            (("green", None), ("orange", 0.6), ("red", 0.8)),
+        ),
+        width=4,
+    )
+    layout.row("Redis").panels(
+        graph_panel(
+            "Memory",
+            "Used memory against maxmemory (0 when unset).",
+            [
+                query(
+                    "A",
+                    f"max by (instance) ({sel('redis_memory_used_bytes', redis, ENV)})",
+                    "used {{instance}}",
+                ),
+                query(
+                    "B",
+                    f"max by (instance) ({sel('redis_memory_max_bytes', redis, ENV)})",
+                    "maxmemory {{instance}}",
+                ),
+            ],
+            "bytes",
+        ),
+        graph_panel(
+            "Memory used (share of the limit)",
+            "The figure RedisMemoryHigh evaluates (red line: its threshold).",
+            [query("A", f"max by (instance) ({sel(REDIS_MEMORY, ENV)})", "{{instance}}")],
+            "percentunit",
+            threshold=0.8,
+        ),
+        graph_panel(
+            "Evictions/s and clients",
+            "Evicted keys per second (must stay 0) and connected clients.",
+            [
+                query(
+                    "A",
+                    f"sum by (instance) ({rate(sel('redis_evicted_keys_total', redis, ENV))})",
+                    "evicted/s {{instance}}",
+                ),
+                query(
+                    "B",
+                    f"sum by (instance) ({sel('redis_connected_clients', redis, ENV)})",
+                    "clients {{instance}}",
+                ),
+            ],
+            "short",
+        ),
+        graph_panel(
+            "Persistence status",
+            "1 = ok: AOF enabled, its last write and last rewrite, the last RDB save.",
+            [
+                query(
+                    "A",
+                    f"min by (instance) ({sel('redis_aof_enabled', redis, ENV)})",
+                    "aof enabled {{instance}}",
+                ),
+                query(
+                    "B",
+                    f"min by (instance) ({sel('redis_aof_last_write_status', redis, ENV)})",
+                    "aof last write {{instance}}",
+                ),
+                query(
+                    "C",
+                    f"min by (instance) ({sel('redis_aof_last_bgrewrite_status', redis, ENV)})",
+                    "aof last rewrite {{instance}}",
+                ),
+                query(
+                    "D",
+                    f"min by (instance) ({sel('redis_rdb_last_bgsave_status', redis, ENV)})",
+                    "rdb last save {{instance}}",
+                ),
+            ],
+            "short",
+            width=24,
+        ),
+    )
+    layout.row("PostgreSQL").panels(
+        graph_panel(
+            "Connections by state",
+            "Client connections per state, and max_connections.",
+            [
+                query(
+                    "A", f"sum by (state) ({sel('pg_stat_activity_count', pg, ENV)})", "{{state}}"
+                ),
+                query(
+                    "B", f"max({sel('pg_settings_max_connections', pg, ENV)})", "max_connections"
+                ),
+            ],
+            "short",
+        ),
+        graph_panel(
+            "Connections used (share of max_connections)",
+            "The figure PostgresConnectionsHigh evaluates (red line: its threshold).",
+            [query("A", f"max by (instance) ({sel(PG_CONNECTIONS, ENV)})", "{{instance}}")],
+            "percentunit",
+            threshold=0.8,
+        ),
+        graph_panel(
+            "Deadlocks/s",
+            "Deadlocks detected per database (the worker retries a deadlocked transaction).",
+            [
+                query(
+                    "A",
+                    f"sum by (datname) ({rate(sel('pg_stat_database_deadlocks', pg, ENV))})",
+                    "{{datname}}",
+                )
+            ],
+            "short",
+        ),
+        graph_panel(
+            "Database size",
+            "Size on disk of each database.",
+            [
+                query(
+                    "A",
+                    f"max by (datname) ({sel('pg_database_size_bytes', pg, ENV)})",
+                    "{{datname}}",
+                )
+            ],
+            "bytes",
+            width=12,
+        ),
+        graph_panel(
+            "Replication lag",
+            "Seconds a replica's replay is behind its primary (0 on a primary; "
+            "prometheus/postgres-exporter-queries.yaml).",
+            [
+                query(
+                    "A",
+                    f"max by (instance) ({sel('pg_replication_lag_seconds', pg, ENV)})",
+                    "{{instance}}",
+                )
+            ],
+            "s",
+            width=12,
+        ),
+    )
+    return layout.build()
+
+
 DASHBOARDS = {
     "pipeline-overview.json": pipeline_overview,
     "collector-health.json": collector_health,
+    "infrastructure.json": infrastructure,
 }
 
 

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,9 @@ BACKEND_PORTS = {
 } | {
     "PROMETHEUS_PORT",
     "ALERTMANAGER_PORT",
+    "ALERT_WEBHOOK_PORT",
+    "REDIS_EXPORTER_PORT",
+    "POSTGRES_EXPORTER_PORT",
 }
 
 
@@ -246,13 +250,52 @@ def test_make_run_starts_everything_a_curl_ends_as_a_row_and_ctrl_c_under_tee_st
 
     # The trace in the Jaeger UI `make run` serves, as a person opens it: the
     # page shows the spans of both services (screenshot kept in .artifacts/).
-    assert "API only" not in run.output.read_text(), "make run served no Jaeger UI"
+    assert re.search(r"^\s+jaeger\s+\S+\s+\(UI:", run.output.read_text(), re.M), (
+        "make run served no Jaeger UI"
+    )
     open_trace(
         f"http://127.0.0.1:{run.ports['JAEGER_UI_PORT']}",
         trace_id,
         trace_span_names(names.DEFAULT_STREAM),
         run.run_dir.parent / "make-run-jaeger-trace.png",
         run.run_dir.parent / "chromium.log",
+    )
+
+    # Redis and PostgreSQL series, scraped from their exporters.
+    prometheus = f"http://127.0.0.1:{run.ports['PROMETHEUS_PORT']}/api/v1/query?query="
+
+    def infra_series() -> set[str] | None:
+        names_found = set()
+        for metric in (
+            "redis_memory_used_bytes",
+            "redis_aof_enabled",
+            "pg_up",
+            "pg_stat_activity_count",
+            "pg_database_size_bytes",
+        ):
+            status, body = http_get(prometheus + metric)
+            if status == 200 and json.loads(body)["data"]["result"]:
+                names_found.add(metric)
+        return names_found if len(names_found) == 5 else None
+
+    wait_for(infra_series, timeout=60, what="Redis and PostgreSQL series in Prometheus")
+
+    # Alertmanager's notifications reach the receiver `make run` started, and
+    # are printed: an alert posted to Alertmanager, routed as a critical one.
+    alertmanager = f"http://127.0.0.1:{run.ports['ALERTMANAGER_PORT']}/api/v2/alerts"
+    alert = [{"labels": {"alertname": "MakeRunCheck", "severity": "critical", "service": "test"}}]
+    request = urllib.request.Request(
+        alertmanager, json.dumps(alert).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        assert resp.status == 200
+    wait_for(
+        lambda: (
+            "MakeRunCheck" in run.log("alert-webhook")
+            and "alertmanager notification:" in run.output.read_text()
+        ),
+        timeout=60,
+        what="the notification in the receiver's log and the terminal",
     )
 
     # Ctrl-C: tee dies first, so the runner's stop happens with its output

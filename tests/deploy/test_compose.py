@@ -90,6 +90,8 @@ EXPECTED_SERVICES = {
     "otel-collector",
     "jaeger",
     "victorialogs",
+    "redis-exporter",
+    "postgres-exporter",
     "prometheus",
     "alertmanager",
     "alert-webhook",
@@ -97,16 +99,22 @@ EXPECTED_SERVICES = {
 }
 
 
-def alert_webhook_script() -> str:
-    cmd = command_of(services()["alert-webhook"])
-    assert cmd[:3] == ["python", "-u", "-c"], cmd
-    return cmd[3]
+ALERT_WEBHOOK = PROM_DIR / "alert-webhook.py"
+
+
+def alert_webhook_script() -> Path:
+    """The receiver's script: prometheus/alert-webhook.py, mounted and run."""
+    svc = services()["alert-webhook"]
+    cmd = command_of(svc)
+    assert cmd[:2] == ["python", "-u"], cmd
+    assert cmd[2] == bind_target(svc, ALERT_WEBHOOK), cmd
+    return ALERT_WEBHOOK
 
 
 def alert_webhook_port() -> int:
-    match = re.search(r"HTTPServer\(\(\"0\.0\.0\.0\", (\d+)\)", alert_webhook_script())
-    assert match, "alert-webhook must listen on 0.0.0.0:<port>"
-    return int(match.group(1))
+    env = env_of(services()["alert-webhook"])
+    assert env.get("ALERT_WEBHOOK_HOST", "0.0.0.0") == "0.0.0.0", "other containers post to it"
+    return int(env.get("ALERT_WEBHOOK_PORT", "9095"))
 
 
 def listen_ports() -> dict[str, set[int]]:
@@ -123,6 +131,16 @@ def listen_ports() -> dict[str, set[int]]:
         "alertmanager": {port_of(am_addr) if am_addr else 9093},
         "alert-webhook": {alert_webhook_port()},
         "victorialogs": {port_of(vl_addr) if vl_addr else 9428},
+        "redis-exporter": {
+            port_of(
+                flag_value(command_of(svcs["redis-exporter"]), "-web.listen-address") or ":9121"
+            )
+        },
+        "postgres-exporter": {
+            port_of(
+                flag_value(command_of(svcs["postgres-exporter"]), "--web.listen-address") or ":9187"
+            )
+        },
         "grafana": {int(env_of(svcs["grafana"]).get("GF_SERVER_HTTP_PORT", 3000))},
         "redis": {int(redis_port or 6379)},
         "postgres": {int(env_of(svcs["postgres"]).get("PGPORT", 5432))},
@@ -411,6 +429,8 @@ def test_prometheus_loads_its_mounted_rules_and_scrapes_the_collector() -> None:
     assert jobs == {
         "wabot": ("otel-collector", collector["prometheus_exporter"]),
         "otel-collector": ("otel-collector", collector["self_metrics"]),
+        "redis": ("redis-exporter", 9121),
+        "postgres": ("postgres-exporter", 9187),
     }
     for am in cfg["alerting"]["alertmanagers"]:
         for static in am["static_configs"]:
@@ -435,12 +455,11 @@ def test_alertmanager_notifies_the_alert_webhook_service() -> None:
 
 def test_alert_webhook_receiver_accepts_notifications(tmp_path: Path) -> None:
     port = free_port()
-    script = alert_webhook_script().replace(str(alert_webhook_port()), str(port))
     argv = healthcheck_argv(services()["alert-webhook"])
     receiver = Process(
         "alert-webhook",
-        [sys.executable, "-u", "-c", script],
-        env=clean_env(),
+        [sys.executable, "-u", str(alert_webhook_script())],
+        env=clean_env(ALERT_WEBHOOK_HOST="127.0.0.1", ALERT_WEBHOOK_PORT=str(port)),
         log_path=tmp_path / "alert-webhook.log",
         # Its own healthcheck is what says it is up.
         ready=lambda: run_python_healthcheck(argv, alert_webhook_port(), port) == 0,
@@ -529,6 +548,29 @@ def test_collector_environment_mounts_and_jaeger_exporter() -> None:
     assert (logs.hostname, logs.path) == ("victorialogs", "/insert/opentelemetry/v1/logs")
     assert logs.port in listen_ports()["victorialogs"]
     assert collector["depends_on"]["victorialogs"]["condition"] == "service_started"
+
+
+def test_exporters_watch_the_compose_data_services_as_natively() -> None:
+    svcs = services()
+    ports = listen_ports()
+    redis = urllib.parse.urlsplit(
+        flag_value(command_of(svcs["redis-exporter"]), "-redis.addr") or ""
+    )
+    assert (redis.hostname, redis.port in ports["redis"]) == ("redis", True)
+    assert "-include-system-metrics" in command_of(svcs["redis-exporter"])
+    dsn = urllib.parse.urlsplit(env_of(svcs["postgres-exporter"])["DATA_SOURCE_NAME"])
+    pg_env = env_of(svcs["postgres"])
+    assert (dsn.hostname, dsn.username, dsn.password) == (
+        "postgres",
+        pg_env["POSTGRES_USER"],
+        pg_env["POSTGRES_PASSWORD"],
+    )
+    assert dsn.port in ports["postgres"]
+    # The extra queries file is the committed one.
+    queries = flag_value(command_of(svcs["postgres-exporter"]), "--extend.query-path")
+    assert queries == bind_target(
+        svcs["postgres-exporter"], PROM_DIR / "postgres-exporter-queries.yaml"
+    )
 
 
 def test_stores_keep_data_as_long_as_natively() -> None:

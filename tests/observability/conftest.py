@@ -1,4 +1,5 @@
-"""Session fixtures: one collector, Jaeger, VictoriaLogs, Prometheus and Alertmanager (real
+"""Session fixtures: one collector, Jaeger, VictoriaLogs, Prometheus (with the
+Redis and PostgreSQL exporters of the session's servers) and Alertmanager (real
 binaries, committed configs with test timings) shared by every observability
 test, and a per-test pipeline (``obs_stack``) whose services export to that
 collector.
@@ -20,7 +21,8 @@ from tests.support.otlp import OtlpSink
 from tests.support.stack.alerting import Alertmanager, Prometheus
 from tests.support.stack.backend import Collector, Jaeger, ObsStack, VictoriaLogs
 from tests.support.stack.configs import TEST_TIMINGS
-from tests.support.stack.servers import RedisServer
+from tests.support.stack.exporters import PostgresExporter, RedisExporter
+from tests.support.stack.servers import PostgresServer, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -63,14 +65,39 @@ def alertmanager(obs_tmp: Path, alert_receiver: AlertReceiver) -> Iterator[Alert
 
 
 @pytest.fixture(scope="session")
+def redis_exporter(obs_tmp: Path, redis_server: RedisServer) -> Iterator[RedisExporter]:
+    e = RedisExporter(obs_tmp, redis_server.url)
+    with e.process:
+        yield e
+
+
+@pytest.fixture(scope="session")
+def postgres_exporter(obs_tmp: Path, postgres_server: PostgresServer) -> Iterator[PostgresExporter]:
+    e = PostgresExporter(obs_tmp, postgres_server.dsn())
+    with e.process:
+        yield e
+
+
+@pytest.fixture(scope="session")
 def prometheus(
-    obs_tmp: Path, collector: Collector, alertmanager: Alertmanager
+    obs_tmp: Path,
+    collector: Collector,
+    alertmanager: Alertmanager,
+    redis_exporter: RedisExporter,
+    postgres_exporter: PostgresExporter,
 ) -> Iterator[Prometheus]:
-    p = Prometheus(obs_tmp, collector, alertmanager, timings=TEST_TIMINGS)
+    p = Prometheus(
+        obs_tmp,
+        collector,
+        alertmanager,
+        timings=TEST_TIMINGS,
+        redis_exporter=redis_exporter.target,
+        postgres_exporter=postgres_exporter.target,
+    )
     with p.process:
         # Prometheus applies scrape targets only on its first 5s reload tick; wait
         # here once so no test's deadline has to absorb that.
-        p.wait_scraping({"wabot", "otel-collector"})
+        p.wait_scraping({"wabot", "otel-collector", "redis", "postgres"})
         yield p
 
 

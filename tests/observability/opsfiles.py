@@ -26,6 +26,23 @@ DOCS = REPO / "docs" / "observability.md"
 GENERATOR = GRAFANA_DIR / "generate.py"
 
 
+def _exporter_environment() -> str:
+    """The deployment_environment_name prometheus.yml gives the Redis and
+    PostgreSQL exporters' targets (their series carry none of their own)."""
+    config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    found = {
+        static["labels"]["deployment_environment_name"]
+        for job in config["scrape_configs"]
+        if job["job_name"] in ("redis", "postgres")
+        for static in job["static_configs"]
+    }
+    assert len(found) == 1, found
+    return found.pop()
+
+
+INFRA_ENVIRONMENT = _exporter_environment()
+
+
 def load_rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load((PROM_DIR / "alerts.yml").read_text())
     return [rule for group in doc["groups"] for rule in group["rules"]]

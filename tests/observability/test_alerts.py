@@ -62,10 +62,17 @@ def test_test_copies_change_only_addresses_and_timings() -> None:
         k: v for k, v in am_committed.items() if k != "route"
     }
 
-    prom_copy = yaml.safe_load(prometheus_test_config("a:1", "b:2", "c:3"))
+    prom_copy = yaml.safe_load(
+        prometheus_test_config("a:1", "b:2", "c:3", redis_exporter="d:4", postgres_exporter="e:5")
+    )
     prom_committed = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
     assert prom_copy["rule_files"] == prom_committed["rule_files"]
-    assert [j["job_name"] for j in prom_copy["scrape_configs"]] == ["wabot", "otel-collector"]
+    assert [j["job_name"] for j in prom_copy["scrape_configs"]] == [
+        "wabot",
+        "otel-collector",
+        "redis",
+        "postgres",
+    ]
     for job, original in zip(
         prom_copy["scrape_configs"], prom_committed["scrape_configs"], strict=True
     ):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.observability.opsfiles import (
+    INFRA_ENVIRONMENT,
     dashboard_prom_exprs,
     grafana_to_promql,
     load_alert_rules,
@@ -150,8 +151,19 @@ def test_every_dashboard_and_alert_expression_returns_data(
         resp = obs_stack.post(sample)
     assert resp.status_code == 503, resp.text
 
+    # The infrastructure dashboard's $env is the exporters' target label
+    # (prometheus.yml), the others' this test's services' environment.
     exprs = [
-        (where, grafana_to_promql(expr, interval="1m", variables=obs_stack.environment))
+        (
+            where,
+            grafana_to_promql(
+                expr,
+                interval="1m",
+                variables=INFRA_ENVIRONMENT
+                if where.startswith("infrastructure.json")
+                else obs_stack.environment,
+            ),
+        )
         for where, expr in dashboard_prom_exprs()
     ]
     exprs += [

@@ -67,6 +67,9 @@ ALERTS = {
     "Ingest5xxRateHigh",
     "MessagesStuck",
     "TelemetryPipelineDropping",
+    "RedisMemoryHigh",
+    "RedisEvicting",
+    "PostgresConnectionsHigh",
 }
 # Repository-relative: the runbook is a file of this repository (see alerts.yml).
 RUNBOOK_URL = "docs/observability.md#runbook-{}"
@@ -124,8 +127,37 @@ COLLECTOR_METRICS = {
     "otelcol_process_cpu_seconds",
     "otelcol_process_uptime",
 }
+# The Redis and PostgreSQL exporters' (Debian's prometheus-redis-exporter 1.45
+# with -include-system-metrics, prometheus-postgres-exporter 0.11 with
+# prometheus/postgres-exporter-queries.yaml), seen on their /metrics.
+INFRA_METRICS = {
+    "redis_up",
+    "redis_memory_used_bytes",
+    "redis_memory_max_bytes",
+    "redis_total_system_memory_bytes",
+    "redis_evicted_keys_total",
+    "redis_connected_clients",
+    "redis_aof_enabled",
+    "redis_aof_last_write_status",
+    "redis_aof_last_bgrewrite_status",
+    "redis_rdb_last_bgsave_status",
+    "pg_up",
+    "pg_stat_activity_count",
+    "pg_settings_max_connections",
+    "pg_stat_database_deadlocks",
+    "pg_database_size_bytes",
+    "pg_replication_lag_seconds",
+}
 PROMETHEUS_METRICS = {"up", "scrape_samples_scraped", "scrape_duration_seconds", "target_info"}
-CHECKED_PREFIXES = ("whatsapp_", "messaging_", "http_server_", "traces_span_metrics_", "otelcol_")
+CHECKED_PREFIXES = (
+    "whatsapp_",
+    "messaging_",
+    "http_server_",
+    "traces_span_metrics_",
+    "otelcol_",
+    "redis_",
+    "pg_",
+)
 
 
 # --------------------------------------------------------------- helpers ---
@@ -477,7 +509,7 @@ def test_all_promql_parses(tmp_path: Path) -> None:
 def test_promql_uses_only_known_metric_names() -> None:
     """Raw names are ones the collector really exports; names with colons are
     recording rules of alerts.yml."""
-    known = APP_METRICS | COLLECTOR_METRICS | PROMETHEUS_METRICS
+    known = APP_METRICS | COLLECTOR_METRICS | PROMETHEUS_METRICS | INFRA_METRICS
     known |= {f"{h}_{suffix}" for h in HISTOGRAMS for suffix in ("bucket", "count", "sum")}
     recorded = {r["record"] for r in load_recording_rules()}
     exprs = [(w, e) for w, e in dashboard_prom_exprs()]

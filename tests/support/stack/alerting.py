@@ -57,7 +57,9 @@ class Alertmanager:
 
 
 class Prometheus:
-    """Prometheus scraping ``collector``, alerting to ``alertmanager``, rules copied."""
+    """Prometheus scraping ``collector`` (and the Redis and PostgreSQL exporters
+    at ``redis_exporter`` / ``postgres_exporter``, when given), alerting to
+    ``alertmanager``, rules copied."""
 
     def __init__(
         self,
@@ -68,6 +70,8 @@ class Prometheus:
         port: int | None = None,
         timings: Timings = COMMITTED_TIMINGS,
         retention: str = METRICS_RETENTION,
+        redis_exporter: str | None = None,
+        postgres_exporter: str | None = None,
         new_session: bool = False,
     ) -> None:
         self.port = port or free_port()
@@ -78,6 +82,8 @@ class Prometheus:
             self_metrics=collector.self_metrics_target,
             alertmanager=alertmanager.target,
             timings=timings,
+            redis_exporter=redis_exporter,
+            postgres_exporter=postgres_exporter,
         )
         self.process = backend_process(
             "prometheus",

@@ -25,6 +25,10 @@ from tests.support.stack.paths import PROM_DIR
 COLLECTOR_EXPORTER_PLACEHOLDER = "otel-collector:8889"
 COLLECTOR_SELF_METRICS_PLACEHOLDER = "otel-collector:8888"
 ALERTMANAGER_PLACEHOLDER = "alertmanager:9093"
+REDIS_EXPORTER_PLACEHOLDER = "redis-exporter:9121"
+POSTGRES_EXPORTER_PLACEHOLDER = "postgres-exporter:9187"
+# Their scrape jobs (dropped from a copy that has no exporter to scrape).
+EXPORTER_JOBS = {REDIS_EXPORTER_PLACEHOLDER: "redis", POSTGRES_EXPORTER_PLACEHOLDER: "postgres"}
 AM_WEBHOOK_PLACEHOLDER = "http://alert-webhook:9095/alerts"
 
 
@@ -141,10 +145,17 @@ def collector_env(
 
 # ------------------------------------------------------------- Prometheus ---
 def prometheus_config(
-    exporter: str, self_metrics: str, alertmanager: str, timings: Timings = COMMITTED_TIMINGS
+    exporter: str,
+    self_metrics: str,
+    alertmanager: str,
+    timings: Timings = COMMITTED_TIMINGS,
+    *,
+    redis_exporter: str | None = None,
+    postgres_exporter: str | None = None,
 ) -> str:
     """prometheus/prometheus.yml with the compose targets replaced (each occurs
-    exactly once) and, if ``timings`` says so, other global intervals."""
+    exactly once) and, if ``timings`` says so, other global intervals. Without
+    a Redis or PostgreSQL exporter, its job is left out."""
     # Comments dropped: the header quotes the placeholders too.
     lines = (PROM_DIR / "prometheus.yml").read_text().splitlines()
     text = "\n".join(line for line in lines if not line.lstrip().startswith("#")) + "\n"
@@ -152,9 +163,24 @@ def prometheus_config(
         (COLLECTOR_EXPORTER_PLACEHOLDER, exporter),
         (COLLECTOR_SELF_METRICS_PLACEHOLDER, self_metrics),
         (ALERTMANAGER_PLACEHOLDER, alertmanager),
+        (REDIS_EXPORTER_PLACEHOLDER, redis_exporter),
+        (POSTGRES_EXPORTER_PLACEHOLDER, postgres_exporter),
     ):
         assert text.count(f'"{placeholder}"') == 1, f"prometheus.yml: {placeholder}"
-        text = text.replace(f'"{placeholder}"', f'"{target}"')
+        if target is not None:
+            text = text.replace(f'"{placeholder}"', f'"{target}"')
+    missing = {
+        EXPORTER_JOBS[placeholder]
+        for placeholder, target in (
+            (REDIS_EXPORTER_PLACEHOLDER, redis_exporter),
+            (POSTGRES_EXPORTER_PLACEHOLDER, postgres_exporter),
+        )
+        if target is None
+    }
+    if missing:
+        doc = yaml.safe_load(text)
+        doc["scrape_configs"] = [j for j in doc["scrape_configs"] if j["job_name"] not in missing]
+        text = yaml.safe_dump(doc, sort_keys=False)
     intervals = (
         ("scrape_interval", timings.scrape_interval),
         ("scrape_timeout", timings.scrape_interval),  # may not exceed the interval
@@ -196,11 +222,22 @@ def write_prometheus_dir(
     self_metrics: str,
     alertmanager: str,
     timings: Timings = COMMITTED_TIMINGS,
+    redis_exporter: str | None = None,
+    postgres_exporter: str | None = None,
 ) -> Path:
     """prometheus.yml and its rule files, rendered into ``directory``; the config's path."""
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "prometheus.yml"
-    config.write_text(prometheus_config(exporter, self_metrics, alertmanager, timings))
+    config.write_text(
+        prometheus_config(
+            exporter,
+            self_metrics,
+            alertmanager,
+            timings,
+            redis_exporter=redis_exporter,
+            postgres_exporter=postgres_exporter,
+        )
+    )
     for path in rule_files():
         target = directory / path.relative_to(PROM_DIR)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -248,8 +285,22 @@ def alert_rules_test_copy() -> dict[str, Any]:
     return rules_copy(PROM_DIR / "alerts.yml", RULE_FOR)
 
 
-def prometheus_test_config(exporter: str, self_metrics: str, alertmanager: str) -> str:
-    return prometheus_config(exporter, self_metrics, alertmanager, TEST_TIMINGS)
+def prometheus_test_config(
+    exporter: str,
+    self_metrics: str,
+    alertmanager: str,
+    *,
+    redis_exporter: str | None = None,
+    postgres_exporter: str | None = None,
+) -> str:
+    return prometheus_config(
+        exporter,
+        self_metrics,
+        alertmanager,
+        TEST_TIMINGS,
+        redis_exporter=redis_exporter,
+        postgres_exporter=postgres_exporter,
+    )
 
 
 def alertmanager_test_config(webhook_url: str) -> dict[str, Any]:

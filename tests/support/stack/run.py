@@ -22,11 +22,14 @@ Ports (all on 127.0.0.1) and other overrides, with their defaults:
   JAEGER_OTLP_GRPC_PORT 24317  JAEGER_OTLP_HTTP_PORT 24318  JAEGER_METRICS_PORT 14269
   VICTORIALOGS_PORT 19428                            log store (UI /select/vmui/)
   PROMETHEUS_PORT 19090  ALERTMANAGER_PORT 19093
+  REDIS_EXPORTER_PORT 19121  POSTGRES_EXPORTER_PORT 19187  (scraped by Prometheus)
+  ALERT_WEBHOOK_PORT 19095  the notification receiver `make run` starts
+                      (prometheus/alert-webhook.py: prints each notification)
   JAEGER_UI_ASSETS    a jaeger-ui build for Jaeger to serve (default
                       ../shared/jaeger-ui when present; without one the
                       natively built Jaeger answers its API only)
-  ALERT_WEBHOOK_URL   where Alertmanager posts notifications
-                      (http://127.0.0.1:19095/alerts; nothing listens there by default)
+  ALERT_WEBHOOK_URL   where Alertmanager posts notifications instead (then no
+                      receiver is started)
   RUN_OBSERVABILITY=0 skip the observability backend (telemetry then goes to
                       OTEL_EXPORTER_OTLP_ENDPOINT if set, else nowhere)
   RUN_DIR (.run), PG_DATA (data directory of the cluster, default $RUN_DIR/pg)
@@ -50,8 +53,9 @@ from typing import NamedTuple
 
 from tests.support.stack.alerting import Alertmanager, Prometheus
 from tests.support.stack.backend import Collector, Jaeger, VictoriaLogs
-from tests.support.stack.env import NO_EXPORT
-from tests.support.stack.paths import MissingTool
+from tests.support.stack.env import NO_EXPORT, clean_env
+from tests.support.stack.exporters import PostgresExporter, RedisExporter
+from tests.support.stack.paths import PROM_DIR, MissingTool
 from tests.support.stack.pipeline import Stack
 from tests.support.stack.process import Process, StartError, stop_together
 from tests.support.stack.runconfig import (
@@ -77,8 +81,29 @@ class Backend(NamedTuple):
     jaeger: Jaeger
     victorialogs: VictoriaLogs
     collector: Collector
+    alert_webhook: Process | None
     alertmanager: Alertmanager
+    redis_exporter: RedisExporter
+    postgres_exporter: PostgresExporter
     prometheus: Prometheus
+
+    def processes(self) -> list[Process]:
+        return [p.process if not isinstance(p, Process) else p for p in self if p is not None]
+
+
+def alert_webhook(config: Config) -> Process:
+    """prometheus/alert-webhook.py (compose's receiver too) on 127.0.0.1: each
+    notification as a JSON line in its log and, prefixed, on our terminal."""
+    port = config.ports["ALERT_WEBHOOK_PORT"]
+    return Process(
+        "alert-webhook",
+        [sys.executable, "-u", str(PROM_DIR / "alert-webhook.py")],
+        env=clean_env(ALERT_WEBHOOK_HOST="127.0.0.1", ALERT_WEBHOOK_PORT=str(port)),
+        log_path=config.run_dir / "logs" / "alert-webhook.log",
+        ready=f"http://127.0.0.1:{port}/",
+        new_session=True,
+        echo=lambda line: OUT.write(b"alertmanager notification: " + line),
+    )
 
 
 def backend(config: Config) -> Backend:
@@ -98,10 +123,37 @@ def backend(config: Config) -> Backend:
     alertmanager = Alertmanager(
         root, config.alert_webhook, port=p["ALERTMANAGER_PORT"], new_session=True
     )
-    prometheus = Prometheus(
-        root, collector, alertmanager, port=p["PROMETHEUS_PORT"], new_session=True
+    redis_exporter = RedisExporter(
+        root,
+        f"redis://127.0.0.1:{p['REDIS_PORT']}",
+        port=p["REDIS_EXPORTER_PORT"],
+        new_session=True,
     )
-    return Backend(jaeger, victorialogs, collector, alertmanager, prometheus)
+    postgres_exporter = PostgresExporter(
+        root,
+        f"postgresql://postgres@127.0.0.1:{p['PG_PORT']}/wabot",
+        port=p["POSTGRES_EXPORTER_PORT"],
+        new_session=True,
+    )
+    prometheus = Prometheus(
+        root,
+        collector,
+        alertmanager,
+        port=p["PROMETHEUS_PORT"],
+        redis_exporter=redis_exporter.target,
+        postgres_exporter=postgres_exporter.target,
+        new_session=True,
+    )
+    return Backend(
+        jaeger,
+        victorialogs,
+        collector,
+        alert_webhook(config) if config.own_alert_webhook else None,
+        alertmanager,
+        redis_exporter,
+        postgres_exporter,
+        prometheus,
+    )
 
 
 def service_settings(env: Mapping[str, str], collector: Collector | None) -> dict[str, str]:
@@ -159,13 +211,7 @@ def start(config: Config, env: Mapping[str, str], started: list[list[Process]]) 
     if parts is not None:
         # Stopped after the services: the collector (flushing their last
         # telemetry to the stores, which stop after it) and Prometheus.
-        for process in (
-            parts.jaeger.process,
-            parts.victorialogs.process,
-            parts.collector.process,
-            parts.alertmanager.process,
-            parts.prometheus.process,
-        ):
+        for process in parts.processes():
             stage = (
                 first if process in (parts.collector.process, parts.prometheus.process) else last
             )
@@ -176,8 +222,8 @@ def start(config: Config, env: Mapping[str, str], started: list[list[Process]]) 
     dsn = pg.ensure_database("wabot")
     if parts is not None:
         # Up before the services start exporting, so their first spans are kept.
-        for part in parts:
-            part.process.wait_ready()
+        for process in parts.processes():
+            process.wait_ready()
 
     migrated = run_migrate(dsn)
     OUT.write((migrated.stdout + migrated.stderr).encode())

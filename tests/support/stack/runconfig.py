@@ -35,6 +35,9 @@ PORTS = {
     "VICTORIALOGS_PORT": 19428,
     "PROMETHEUS_PORT": 19090,
     "ALERTMANAGER_PORT": 19093,
+    "ALERT_WEBHOOK_PORT": 19095,
+    "REDIS_EXPORTER_PORT": 19121,
+    "POSTGRES_EXPORTER_PORT": 19187,
 }
 # The backend's own port names (see .backend), by the variable that sets each.
 JAEGER_PORT_VARS = {
@@ -52,7 +55,6 @@ COLLECTOR_PORT_VARS = {
     "health": "OTELCOL_HEALTH_PORT",
     "self_metrics": "OTELCOL_METRICS_PORT",
 }
-DEFAULT_ALERT_WEBHOOK = "http://127.0.0.1:19095/alerts"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -93,7 +95,10 @@ class Config:
     run_dir: Path
     ports: Mapping[str, int]
     observability: bool
+    # Where Alertmanager posts: the caller's ALERT_WEBHOOK_URL, else the
+    # receiver `make run` starts (own_alert_webhook) on ALERT_WEBHOOK_PORT.
     alert_webhook: str
+    own_alert_webhook: bool
     pg_data: Path | None
 
     @classmethod
@@ -109,7 +114,9 @@ class Config:
             run_dir=run_dir,
             ports=ports,
             observability=env.get("RUN_OBSERVABILITY", "1") != "0",
-            alert_webhook=env.get("ALERT_WEBHOOK_URL") or DEFAULT_ALERT_WEBHOOK,
+            alert_webhook=env.get("ALERT_WEBHOOK_URL")
+            or f"http://127.0.0.1:{ports['ALERT_WEBHOOK_PORT']}/alerts",
+            own_alert_webhook=not env.get("ALERT_WEBHOOK_URL"),
             pg_data=Path(env["PG_DATA"]).resolve() if env.get("PG_DATA") else None,
         )
 
@@ -147,9 +154,18 @@ def banner(config: Config, stack: Stack, endpoint: str | None, ui_assets: Path |
             f"  victorialogs  {victorialogs}/select/vmui/   (logs UI; query trace_id:<trace_id>; "
             f"API: {victorialogs}/select/logsql/query?query=trace_id:<trace_id>)",
             f"  prometheus    http://127.0.0.1:{p['PROMETHEUS_PORT']}   "
-            "(alerts: /alerts; exemplar storage on)",
+            "(alerts: /alerts; exemplar storage on; scrapes the collector and the Redis "
+            f"(:{p['REDIS_EXPORTER_PORT']}) and PostgreSQL (:{p['POSTGRES_EXPORTER_PORT']}) "
+            "exporters)",
             f"  alertmanager  http://127.0.0.1:{p['ALERTMANAGER_PORT']}   "
-            f"(notifications go to {config.alert_webhook})",
+            "(API only: /api/v2/alerts, /api/v2/silences, or amtool; Debian's build has no "
+            "web UI)",
+            f"  notifications {config.alert_webhook}   "
+            + (
+                f"(printed here and in {config.run_dir / 'logs' / 'alert-webhook.log'})"
+                if config.own_alert_webhook
+                else "(ALERT_WEBHOOK_URL)"
+            ),
             f"  collector     http://127.0.0.1:{p['OTELCOL_HEALTH_PORT']}/   "
             f"(health; OTLP http://127.0.0.1:{p['OTELCOL_HTTP_PORT']}, "
             f"grpc 127.0.0.1:{p['OTELCOL_GRPC_PORT']})",
