@@ -67,6 +67,7 @@ from tests.deploy.files import (
     published_ports,
     required_env_names,
     services,
+    versions,
 )
 from tests.support.stack.configs import LOG_RETENTION, METRICS_RETENTION
 from tests.support.stack.env import clean_env
@@ -500,8 +501,15 @@ def test_grafana_datasources_dashboards_and_anonymous_access() -> None:
         assert url.port in ports[str(url.hostname)], f"{ds['name']}: {ds['url']}"
         kinds[ds["type"]] = (url.hostname, url.port)
     jaeger_query = jaeger_ports(env_of(svcs["jaeger"]))["query_http"]
-    assert kinds == {"prometheus": ("prometheus", 9090), "jaeger": ("jaeger", jaeger_query)}
+    assert kinds == {
+        "prometheus": ("prometheus", 9090),
+        "jaeger": ("jaeger", jaeger_query),
+        "victoriametrics-logs-datasource": ("victorialogs", min(ports["victorialogs"])),
+    }
     env = env_of(grafana)
+    # The VictoriaLogs datasource's plugin, at the version versions.env pins.
+    plugins = env["GF_PLUGINS_PREINSTALL_SYNC"].split(",")
+    assert plugins == [versions()["GRAFANA_VICTORIALOGS_PLUGIN"]]
     provisioning = env.get("GF_PATHS_PROVISIONING", "/etc/grafana/provisioning")
     assert bind_target(grafana, GRAFANA_DIR / "provisioning") == provisioning
     providers = yaml.safe_load(

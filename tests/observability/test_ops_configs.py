@@ -442,6 +442,22 @@ def test_grafana_datasources_have_fixed_uids_and_exemplar_link() -> None:
     assert by_uid["jaeger"]["type"] == "jaeger"
     dests = by_uid["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
     assert {"name": "trace_id", "datasourceUid": "jaeger"}.items() <= dests[0].items()
+    # Traces link to their logs, a log record's trace id to its trace; `$$` is
+    # Grafana's escape of `$` in provisioning files.
+    assert by_uid["victorialogs"]["type"] == "victoriametrics-logs-datasource"
+    to_logs = by_uid["jaeger"]["jsonData"]["tracesToLogsV2"]
+    assert to_logs["datasourceUid"] == "victorialogs"
+    assert to_logs["customQuery"] is True
+    assert to_logs["query"] == 'trace_id:"$${__trace.traceId}"'
+    [derived] = by_uid["victorialogs"]["jsonData"]["derivedFields"]
+    assert derived == {
+        "name": "trace_id",
+        "matcherType": "label",
+        "matcherRegex": "trace_id",  # the field VictoriaLogs stores the OTLP trace id in
+        "datasourceUid": "jaeger",
+        "url": "$${__value.raw}",
+        "urlDisplayLabel": "View trace in Jaeger",
+    }
 
 
 def test_every_dashboard_datasource_is_provisioned() -> None:
