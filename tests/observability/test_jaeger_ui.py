@@ -13,10 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.observability.test_traces import INSERT_SPAN, SERVER_SPAN, wait_whole_trace
 from tests.support.browser import open_trace
 from tests.support.stack.backend import Jaeger, ObsStack
-from tests.support.stack.paths import DEFAULT_JAEGER_UI_ASSETS
+from tests.support.stack.paths import DEFAULT_JAEGER_UI_ASSETS, MissingTool, jaeger_ui_assets
+from tests.support.stack.runconfig import jaeger_line
 
 
 def trace_span_names(stream: str) -> dict[str, set[str]]:
@@ -49,3 +52,20 @@ def test_jaeger_ui_shows_a_messages_trace_with_ingest_and_worker_spans(
     )
     # The real UI, not the placeholder page of a `go install` build.
     assert "Trace Start" in text, text[:500]
+
+
+def test_without_a_ui_build_make_run_says_jaeger_is_api_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JAEGER_UI_ASSETS must hold a build; without any, the banner says the
+    native Jaeger answers its API only and where the UI is."""
+    monkeypatch.setenv("JAEGER_UI_ASSETS", str(tmp_path))
+    with pytest.raises(MissingTool, match=r"holds no index\.html"):
+        jaeger_ui_assets()
+    (tmp_path / "index.html").write_text("<html></html>")
+    assert jaeger_ui_assets() == tmp_path.resolve()
+    line = jaeger_line("http://127.0.0.1:16686", None)
+    assert "API only" in line
+    assert "JAEGER_UI_ASSETS" in line
+    assert "compose" in line
+    assert "API only" not in jaeger_line("http://127.0.0.1:16686", tmp_path)
