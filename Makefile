@@ -3,7 +3,7 @@
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run test test-fast test-image lint dashboards typecheck unit bench clean
+.PHONY: bootstrap run test test-fast test-image lint dashboards typecheck unit bench bench-deploy clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -64,6 +64,11 @@ bench-quick: bootstrap
 bench-profile: bootstrap
 	@scripts/bench-bootstrap.sh
 	$(UV) run --frozen --group bench python -m bench.pipeline --quick --only profile $(BENCH_ARGS)
+
+## bench-deploy: deploys under load behind HAProxy: fly's blue-green and rolling, a canary,
+## start-ups (writes bench/results/deploy-*.json; tests/support/deploys.py has the models)
+bench-deploy: bootstrap
+	$(UV) run python -m bench.deploy
 
 clean:
 	rm -rf .run .mypy_cache .ruff_cache .pytest_cache bench/results

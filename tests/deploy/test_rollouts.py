@@ -23,9 +23,8 @@ from typing import Any
 import pytest
 
 from tests.support.deploys import (
-    CONTRACT_SQL,
-    EXPAND_SQL,
     CanaryPolicy,
+    Cutover,
     IngestFleet,
     RefusingRedis,
     as_json,
@@ -33,12 +32,11 @@ from tests.support.deploys import (
     blue_green,
     canary,
     client_figures,
+    fly_deploy,
     fly_shutdown_env,
     fly_strategy,
-    migrate_step,
-    migrations_with,
-    processing_figures,
-    rolling_workers,
+    phase_figures,
+    span,
     start_workers,
 )
 from tests.support.load import EvolutionLoad
@@ -116,45 +114,18 @@ def test_migrations_then_rolling_workers_then_blue_green_ingest(
     tmp_path: Path,
     record_property: Callable[[str, object], None],
 ) -> None:
-    assert fly_strategy("worker") == "rolling", "this test models fly/worker.toml's strategy"
-    assert fly_strategy("ingest") == "bluegreen", "this test models fly/ingest.toml's strategy"
-    expand = migrations_with(tmp_path / "expand", {"990_deploy_expand.sql": EXPAND_SQL})
-    contract = migrations_with(
-        tmp_path / "contract",
-        {"990_deploy_expand.sql": EXPAND_SQL, "991_deploy_contract.sql": CONTRACT_SQL},
-    )
+    """``fly deploy`` of both apps under load, each with its fly/ strategy."""
+    assert fly_strategy("ingest") == "bluegreen", "fly/ingest.toml: this test expects bluegreen"
     warm_up(load)
-    whole = begin("whole run")
-
-    # 1. Expand, before any new code runs (the worker's release_command).
-    migration = begin("expand migration")
-    migrate_step(stack, expand, migration)
-    migration.end()
-    # 2. The workers, one at a time; 3. ingest, blue-green.
-    roll_phase = begin("rolling deploy of the workers")
-    roll = rolling_workers(stack, workers, roll_phase, budget=25)
-    roll_phase.end()
-    bg_phase = begin("blue-green deploy of ingest")
-    cutover = blue_green(fleet, bg_phase)
-    bg_phase.end()
-    # 4. Contract, once no old version runs.
-    contract_phase = begin("contract migration")
-    migrate_step(stack, contract, contract_phase)
-    contract_phase.end()
+    deploy = fly_deploy(stack, fleet, workers, tmp_path)
     settle(load)
-    whole.end()
     tally = Oracle(stack, record_property).check(load)
-
-    figures = {
-        p.name: {
-            "client": client_figures(load, p.started, p.ended),
-            "processing": processing_figures(stack, p.started_wall, p.ended_wall),
-            "events": p.events,
-        }
-        for p in (migration, roll_phase, bg_phase, contract_phase, whole)
-    }
+    whole = span(deploy.phases)
+    figures = phase_figures(load, stack, [*deploy.phases, whole])
     report(record_property, "deploy_figures", figures)
-    bg = figures[bg_phase.name]["client"]
+    cutover = deploy.ingest
+    assert isinstance(cutover, Cutover)
+    bg = figures["bluegreen deploy of ingest"]["client"]
     everything = figures[whole.name]["client"]
 
     assert cutover.promoted, cutover.reason
@@ -163,8 +134,8 @@ def test_migrations_then_rolling_workers_then_blue_green_ingest(
     assert all(fleet.proxy.stat(s).responses["2xx"] > 0 for s in cutover.green), (
         "the greens never served"
     )
-    assert [code for code, _ in roll.exits] == [0, 0], roll.exits
-    assert all(w.alive() for w in roll.workers)
+    assert [code for code, _ in deploy.roll.exits] == [0, 0], deploy.roll.exits
+    assert all(w.alive() for w in deploy.roll.workers)
     applied = {r[0] for r in stack.sql("SELECT filename FROM public.schema_migrations")}
     assert {"990_deploy_expand.sql", "991_deploy_contract.sql"} <= applied
     # The acceptance criterion: nothing lost, nothing twice, no client-visible error.
@@ -172,7 +143,7 @@ def test_migrations_then_rolling_workers_then_blue_green_ingest(
     assert not tally.duplicated
     assert bg.non_2xx == 0, f"client-visible errors during blue-green: {bg.line()}"
     assert bg.retries == 0, bg.line()
-    assert everything.non_2xx == 0, f"client-visible errors during the run: {everything.line()}"
+    assert everything.non_2xx == 0, f"client-visible errors during the deploy: {everything.line()}"
     assert_every_message_delivered(load)
     # A blue-green cutover is not downtime: acceptances never stop for a second.
     assert bg.longest_gap_s < 1.0, bg.line()

@@ -433,6 +433,25 @@ def rolling_workers(
     return Roll([w.env["WORKER_CONSUMER_NAME"] for w in workers], exits, new, len(new), failed)
 
 
+def rolling_ingest(fleet: IngestFleet, phase: Phase, **env: str) -> Roll:
+    """Fly's ``rolling`` applied to ingest, for comparison: each instance gets
+    SIGTERM while the proxy still routes to it (until its check fails), and its
+    replacement takes the same slot once it passes the check."""
+    budget = float(fleet.env.get("SHUTDOWN_TIMEOUT", "20")) + 5
+    exits: list[tuple[int, float]] = []
+    new: list[Service] = []
+    for slot in list(fleet.live):
+        code, took = stop_timed(fleet.by_slot.pop(slot), budget)
+        exits.append((code, took))
+        phase.event(f"{slot} stopped while routed (exit {code} in {took:.2f}s)")
+        (svc,) = fleet.start([slot], **env)
+        fleet.proxy.wait_up(slot, timeout=15)
+        fleet.proxy.set_weight(slot, FULL_WEIGHT)
+        new.append(svc)
+        phase.event(f"{slot} replaced, UP")
+    return Roll(list(fleet.live), exits, new, len(new), 0)
+
+
 # --------------------------------------------------------------- migrations ---
 # A rehearsal of both steps on the live table; the running code ignores both.
 EXPAND_SQL = """
@@ -466,6 +485,58 @@ def migrate_step(stack: Stack, directory: Path, phase: Phase) -> float:
     assert result.returncode == 0, f"migrate failed:\n{result.stderr}{result.stdout}"
     phase.event(f"migrate ({directory.name}) took {took:.2f}s")
     return took
+
+
+# --------------------------------------------------------- fly deploy, whole ---
+@dataclass
+class FlyDeploy:
+    """What :func:`fly_deploy` did: its phases in order, and each step's result."""
+
+    strategies: dict[str, str]
+    phases: list[Phase]
+    roll: Roll
+    ingest: Cutover | Roll
+
+
+def fly_deploy(
+    stack: Stack, fleet: IngestFleet, workers: Sequence[Service], tmp: Path
+) -> FlyDeploy:
+    """``fly deploy`` of both apps in fly/README.md's order, with each app's
+    strategy from its config: the worker app (its release_command runs the
+    expand migration before any new code, then its strategy), then ingest (its
+    strategy); the contract migration once no old version runs."""
+    strategies = {app: fly_strategy(app) for app in ("worker", "ingest")}
+    assert strategies["worker"] == "rolling", f"no model of {strategies['worker']} for the worker"
+    expand = migrations_with(tmp / "expand", {"990_deploy_expand.sql": EXPAND_SQL})
+    contract = migrations_with(
+        tmp / "contract",
+        {"990_deploy_expand.sql": EXPAND_SQL, "991_deploy_contract.sql": CONTRACT_SQL},
+    )
+    worker_budget = float(fly_shutdown_env("worker").get("SHUTDOWN_TIMEOUT", "20")) + 5
+    phases = []
+
+    migration = begin("expand migration")
+    migrate_step(stack, expand, migration)
+    phases.append(migration.end())
+
+    phase = begin("rolling deploy of the workers")
+    roll = rolling_workers(stack, workers, phase, budget=worker_budget)
+    phases.append(phase.end())
+
+    ingest: Cutover | Roll
+    phase = begin(f"{strategies['ingest']} deploy of ingest")
+    if strategies["ingest"] == "bluegreen":
+        ingest = blue_green(fleet, phase)
+    elif strategies["ingest"] == "rolling":
+        ingest = rolling_ingest(fleet, phase)
+    else:
+        raise AssertionError(f"no model of fly/ingest.toml's strategy {strategies['ingest']!r}")
+    phases.append(phase.end())
+
+    migration = begin("contract migration")
+    migrate_step(stack, contract, migration)
+    phases.append(migration.end())
+    return FlyDeploy(strategies, phases, roll, ingest)
 
 
 # ------------------------------------------------------------------ figures ---
@@ -564,6 +635,27 @@ def processing_figures(stack: Stack, start_wall: float, end_wall: float) -> Proc
         longest_commit_gap_s=round(max(b - a for a, b in itertools.pairwise(edges)), 3),
         max_delay_s=round(max(float(r[1]) for r in rows), 3) if rows else None,
     )
+
+
+def phase_figures(
+    load: EvolutionLoad, stack: Stack, phases: Iterable[Phase]
+) -> dict[str, dict[str, Any]]:
+    """Each phase's client and processing figures, and its events, by name."""
+    return {
+        p.name: {
+            "client": client_figures(load, p.started, p.ended),
+            "processing": processing_figures(stack, p.started_wall, p.ended_wall),
+            "events": p.events,
+        }
+        for p in phases
+    }
+
+
+def span(phases: Sequence[Phase], name: str = "whole deploy") -> Phase:
+    """One phase covering ``phases``, first start to last end."""
+    whole = Phase(name, phases[0].started, phases[0].started_wall)
+    whole.ended, whole.ended_wall = phases[-1].ended, phases[-1].ended_wall
+    return whole
 
 
 def as_json(value: Any) -> Any:
