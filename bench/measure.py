@@ -255,3 +255,23 @@ def rotations(names_: Sequence[str], rounds: int) -> list[list[str]]:
     """The variants' order in each round: rotated, so none always goes first."""
     n = len(names_)
     return [[names_[(r + i) % n] for i in range(n)] for r in range(rounds)]
+
+
+def commit_latency_ms(dsn: str, n: int = 50) -> dict[str, float]:
+    """Median and p90 of a one-row INSERT + COMMIT (what a transaction waits for
+    the WAL flush: the disk's fsync, unless synchronous_commit is off)."""
+    import psycopg
+
+    times = []
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (n int)")
+        conn.commit()
+        for i in range(n):
+            t0 = time.perf_counter()
+            conn.execute("INSERT INTO bench_commit_probe VALUES (%s)", (i,))
+            conn.commit()
+            times.append((time.perf_counter() - t0) * 1000)
+        conn.execute("DROP TABLE bench_commit_probe")
+        conn.commit()
+    times.sort()
+    return {"median": statistics.median(times), "p90": times[int(len(times) * 0.9)]}

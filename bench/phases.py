@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -217,6 +218,7 @@ class Bench:
             self.stop(proc)
         out: dict[str, Any] = {
             **result.as_dict(),
+            "load_average": os.getloadavg()[0],
             "cpu_s": cpu.seconds,
             "cpu_utilisation": cpu.seconds / max(cpu.wall, 1e-9),
             "cpu_us_per_request": cpu.seconds * 1e6 / max(result.requests, 1),
@@ -254,6 +256,8 @@ class Bench:
             "ratio_ours_over_stock": rps[INGEST_OURS]["median"] / rps[INGEST_STOCK]["median"],
             "ratio_ours_over_stock_per_round": spread(paired),
             "ratio_contrib_over_stock": rps[INGEST_CONTRIB]["median"] / rps[INGEST_STOCK]["median"],
+            # What the ratio would be with a core to each (CPU per request, inverted).
+            "cpu_ratio_ours_over_stock": cpu[INGEST_STOCK]["median"] / cpu[INGEST_OURS]["median"],
         }
 
     # -- (b) worker drain ----------------------------------------------------------------
@@ -277,6 +281,7 @@ class Bench:
         rows = self.rows(instance)
         out = {
             **sampler.rate(),
+            "load_average": os.getloadavg()[0],
             "messages": backlog,
             "rows": rows,
             "complete": sampler.reached and rows == backlog,
@@ -350,6 +355,7 @@ class Bench:
             proc.stop(timeout=30)
         return {
             **sampler.rate(),
+            "load_average": os.getloadavg()[0],
             "messages": backlog,
             "complete": sampler.reached,
         }
@@ -393,6 +399,7 @@ class Bench:
             "ratio_ours_over_celery": rate[DRAIN_MANY]["median"] / rate[DRAIN_CELERY]["median"],
             "ratio_ours_over_celery_per_round": spread(paired),
             "ratio_one_chat_over_many": rate[DRAIN_ONE]["median"] / rate[DRAIN_MANY]["median"],
+            "cpu_ratio_ours_over_celery": cpu[DRAIN_CELERY]["median"] / cpu[DRAIN_MANY]["median"],
         }
         if DRAIN_ARQ in rate:
             out["ratio_ours_over_arq"] = rate[DRAIN_MANY]["median"] / rate[DRAIN_ARQ]["median"]
@@ -407,19 +414,24 @@ class Bench:
         itag, wtag = self.tag("ingest"), self.tag("worker")
         ingest = self.start_ingest(itag, stream)
         worker = self.start_worker(wtag, stream, wait=True)
-        try:
-            sent = asyncio.run(
-                fixed_rate(
-                    ingest_port(self.stack),
-                    self.sample,
-                    self.stack.secret,
-                    rate,
-                    self.config.latency_seconds,
-                    instance,
-                    self.config.chats,
-                )
+
+        def offer(seconds: float, to: str) -> tuple[int, int]:
+            port = ingest_port(self.stack)
+            chats = self.config.chats
+            return asyncio.run(
+                fixed_rate(port, self.sample, self.stack.secret, rate, seconds, to, chats)
             )
-            Sampler(lambda: acknowledged(self.redis, stream), sent, timeout=120).start().wait()
+
+        try:
+            # Warm-up (not measured): until the worker has taken its partitions
+            # and handled messages in every one of them.
+            self.stack.register_instance(instance + "-warmup")
+            _, warm = offer(max(1.0, self.config.warmup_seconds), instance + "-warmup")
+            Sampler(lambda: acknowledged(self.redis, stream), warm, timeout=120).start().wait()
+            sent_total, sent = offer(self.config.latency_seconds, instance)
+            Sampler(
+                lambda: acknowledged(self.redis, stream), warm + sent, timeout=120
+            ).start().wait()
         finally:
             self.stop(ingest)
             self.stop(worker)
@@ -438,6 +450,7 @@ class Bench:
             "rate_per_s": rate,
             "seconds": self.config.latency_seconds,
             "messages": sent,
+            "not_accepted": sent_total - sent,
             "rows": rows,
             "p50_ms": percentile(lat, 50) if lat else float("nan"),
             "p90_ms": percentile(lat, 90) if lat else float("nan"),
@@ -445,7 +458,7 @@ class Bench:
             "max_ms": max(lat) if lat else float("nan"),
             "telemetry": [
                 self.account_ingest(ingest, itag, accepted),
-                self.account_worker(worker, wtag, rows),
+                self.account_worker(worker, wtag, rows + self.rows(instance + "-warmup")),
             ],
         }
 
@@ -526,21 +539,24 @@ async def fixed_rate(
     seconds: float,
     instance: str,
     chats: int,
-) -> int:
+) -> tuple[int, int]:
     """Open loop: one webhook every 1/``rate`` s for ``seconds`` (at most 2,000 in
-    flight); how many were accepted."""
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    flight); how many were sent and how many accepted."""
+    # Idle connections are dropped before uvicorn's 5 s keep-alive timeout
+    # closes them under a request in flight.
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=2.0)
     headers = {"x-webhook-secret": secret, "content-type": "application/json"}
     run = uuid.uuid4().hex[:8].upper()
     in_flight = asyncio.Semaphore(2000)
 
     async def post(client: httpx.AsyncClient, body: bytes) -> int:
         try:
-            return (
-                await client.post("/webhooks/evolution", content=body, headers=headers)
-            ).status_code
+            response = await client.post("/webhooks/evolution", content=body, headers=headers)
+        except httpx.TransportError:
+            return 0  # not accepted: counted as such, not retried
         finally:
             in_flight.release()
+        return response.status_code
 
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}", timeout=10, limits=limits
@@ -558,4 +574,4 @@ async def fixed_rate(
             i += 1
             await asyncio.sleep(max(0.0, i / rate - elapsed))  # pacing, not synchronisation
         statuses = await asyncio.gather(*tasks)
-    return sum(1 for s in statuses if 200 <= s < 300)
+    return len(statuses), sum(1 for s in statuses if 200 <= s < 300)

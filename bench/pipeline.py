@@ -39,7 +39,7 @@ from tests.support.stack.servers import (
 )
 
 from bench import phases
-from bench.measure import machine
+from bench.measure import commit_latency_ms, machine
 from bench.report import markdown, print_report
 from bench.telemetry import TelemetryBackend
 
@@ -142,6 +142,7 @@ def main() -> None:
                     settings={"LOG_LEVEL": "INFO"},
                     otlp_endpoint=backend.otlp_endpoint,
                 )
+                results["machine"]["postgres_commit_ms"] = commit_latency_ms(stack.dsn)
                 bench = phases.Bench(cfg, stack, backend, tmp, arq_python)
                 try:
                     run_phases(bench, wanted, results)

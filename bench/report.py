@@ -52,6 +52,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
                 "goal": "≥ 1.0x",
                 "verdict": _verdict(ratio >= 1.0, f"by {(1 - ratio) * 100:.0f} %"),
                 "details": (
+                    f"by CPU per request {a['cpu_ratio_ours_over_stock']:.2f}x; "
                     f"wabot ingest {_range(rps[INGEST_OURS])} req/s, "
                     f"{_n(cpu[INGEST_OURS]['median'])} µs CPU/req; "
                     f"stock {_range(rps[INGEST_STOCK])} req/s, "
@@ -82,6 +83,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
                 "goal": "≥ 5x",
                 "verdict": _verdict(ratio >= 5.0, f"by {(1 - ratio / 5) * 100:.0f} %"),
                 "details": (
+                    f"by CPU per message {b['cpu_ratio_ours_over_celery']:.2f}x; "
                     f"wabot worker {_range(rate[DRAIN_MANY])} msg/s over {b['chats']} chats, "
                     f"{_n(cpu[DRAIN_MANY]['median'], 2)} ms CPU/msg; "
                     f"Celery {_range(rate[DRAIN_CELERY])} msg/s, "
@@ -155,10 +157,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def machine_line(m: dict[str, Any]) -> str:
+    commit = m.get("postgres_commit_ms")
     return (
         f"{m['cpu_model']}, {m['cpus_usable']} cores usable, {m['memory_gib']} GiB, "
-        f"Linux {m['kernel']}, Python {m['python']}, load average at start "
-        f"{m['load_average_at_start'][0]:.1f}"
+        f"Linux {m['kernel']}, Python {m['python']}, load average "
+        f"{m['load_average_at_start'][0]:.1f} at start"
+        + (f", {m['load_average_at_end'][0]:.1f} at end" if "load_average_at_end" in m else "")
+        + (f"; a PostgreSQL commit takes {commit['median']:.1f} ms" if commit else "")
     )
 
 
