@@ -10,8 +10,9 @@ from typing import Any, Self
 
 from tests.support.stack.net import free_port
 
-# (path, lower-cased headers, body) -> (status, content type, response body)
-Handler = Callable[[str, Mapping[str, str], bytes], tuple[int, str, bytes]]
+# (path, lower-cased headers, body) -> (status, content type, response body),
+# optionally followed by extra response headers.
+Handler = Callable[[str, Mapping[str, str], bytes], tuple[Any, ...]]
 
 
 class StubServer:
@@ -24,9 +25,11 @@ class StubServer:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                status, content_type, payload = handler(self.path, headers, body)
+                status, content_type, payload, *rest = handler(self.path, headers, body)
                 self.send_response(status)
                 self.send_header("content-type", content_type)
+                for name, value in (rest[0] if rest else {}).items():
+                    self.send_header(name, value)
                 self.send_header("content-length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
@@ -53,7 +56,7 @@ class HttpStub:
         self.server = StubServer(self.handle)
         self.port = self.server.port
 
-    def handle(self, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, str, bytes]:
+    def handle(self, path: str, headers: Mapping[str, str], body: bytes) -> tuple[Any, ...]:
         raise NotImplementedError
 
     @property

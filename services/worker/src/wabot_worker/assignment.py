@@ -12,15 +12,19 @@ A newly taken partition is first *claimed*: every entry still pending in it
 and queued before anything new is read from it, which keeps each chat's
 order through crashes and restarts.
 
-Lease expiry is the only fencing: a worker paused for longer than the lease
-(a frozen VM) may finish the round it had started after its partition moved.
-Rows are idempotent, so that costs at most an out-of-order pair, never a loss.
+Fencing: a worker starts no new round once its leases may be about to
+expire (three quarters of the period since its last renewal was sent), so a
+worker starved of CPU stops before another can take its partitions over. A
+round already running when a worker is paused past its lease (a frozen VM)
+may still finish after the partition moved; rows are idempotent, so that
+costs at most an out-of-order pair, never a loss.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 import zlib
 from dataclasses import dataclass, field
 
@@ -44,6 +48,12 @@ class Assignment:
     # Being given up: no longer read, released once their rounds are done.
     releasing: set[int] = field(default_factory=set)
     live_workers: int = 1
+    # Until when (monotonic) the leases last renewed are surely still ours.
+    valid_until: float = 0.0
+
+    def fresh(self) -> bool:
+        """Whether a round may start: the leases cannot have expired meanwhile."""
+        return time.monotonic() < self.valid_until - self.ttl_ms / 4000
 
     def readable(self) -> list[int]:
         """Partitions to read new entries from, in a stable order."""
@@ -61,6 +71,7 @@ class Assignment:
 
     async def tick(self) -> tuple[set[int], set[int]]:
         """Renew, count workers, rebalance. Returns (lost, gained) partitions."""
+        sent_at = time.monotonic()
         if not await self.heartbeat():
             log.error("lost the lease on consumer name %s", self.consumer)
         kept = await self.leases.renew_partitions(self.owned, self.token, self.ttl_ms)
@@ -93,6 +104,8 @@ class Assignment:
                 "giving up partitions to rebalance",
                 extra={"partitions": extra, "live_workers": self.live_workers},
             )
+        # Renewed and taken leases expire ttl after their request was sent.
+        self.valid_until = sent_at + self.ttl_ms / 1000
         if gained:
             log.info(
                 "took over partitions",

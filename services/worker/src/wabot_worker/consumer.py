@@ -167,6 +167,12 @@ class Consumer:
         while not stop.is_set():
             self.tick()
             scheduler.wake(time.monotonic())
+            if not self.assignment.fresh():
+                # Leases not renewed lately (a starved loop, Redis away): start
+                # nothing another worker may be about to take over.
+                self.changed.clear()
+                await _wait(self.changed, 0.05)
+                continue
             while len(self.rounds) < self.settings.concurrency:
                 item = scheduler.take(self.settings.chat_batch_size)
                 if item is None:

@@ -148,11 +148,9 @@ class ReplySender:
         room = self.settings.concurrency - len(self._tasks)
         if not partitions or room <= 0:
             return
-        async with self.pool.connection() as conn:
-            conn.row_factory = dict_row  # type: ignore[assignment]
-            cursor = await conn.execute(_HEADS, (partitions, room + len(self._sending)))
-            heads: list[dict[str, Any]] = await cursor.fetchall()  # type: ignore[assignment]
-            conn.row_factory = None  # type: ignore[assignment]
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(_HEADS, (partitions, room + len(self._sending)))
+            heads = await cursor.fetchall()
         now = datetime.now(UTC)
         for head in heads:
             chat = (head["instance_name"], head["remote_jid"])
