@@ -25,7 +25,7 @@ from tests.support.messages import upsert
 from tests.support.stack.net import wait_for
 from tests.support.stack.paths import REPO
 from tests.support.stack.pipeline import Stack
-from tests.support.stack.services import messages
+from tests.support.stack.services import messages, run_cli
 from wabot_shared import names
 from wabot_shared.message import MEDIA_REFERENCE_KEY
 from wabot_worker.examples import appointments
@@ -392,3 +392,41 @@ def test_the_example_flow_with_receipts_edits_and_deletes(
     # A deleted message keeps its content until retention (then it is purged).
     [row] = stack.rows("message_id = 'm1'")
     assert row["text_body"] == "oi"
+
+
+def test_a_refused_reply_fails_is_counted_and_can_be_redriven(
+    stack: Stack, samples: dict[str, dict[str, Any]], evolution_stub: EvolutionStub
+) -> None:
+    template = samples["messages-upsert-text"]
+    stack.register_instance(template["instance"])
+    stack.start_ingest()
+    stack.start_worker(
+        REPLY_ENABLED="true", EVOLUTION_API_URL=evolution_stub.url, EVOLUTION_API_KEY=EVOLUTION_KEY
+    )
+    evolution_stub.fail_for(3600, status=400)  # e.g. a number WhatsApp refuses
+    assert stack.post(upsert(template, message_id="refused-reply")).status_code == 202
+    wait_for(
+        lambda: (
+            stack.sql("SELECT status, last_error FROM healthcare.whatsapp_outbox")
+            == [("failed", "400")]
+        ),
+        timeout=20,
+        what="the reply failed for good on a 400",
+    )
+    wait_for(
+        lambda: (
+            stack.cumulative(names.METRIC_REPLIES, "worker", **{names.ATTR_OUTCOME: "failed"}) == 1
+        ),
+        timeout=15,
+        what="the failed reply counted",
+    )
+    evolution_stub.fail_for(0)
+    result = run_cli("wabot", "redrive-replies", env={**stack.env, "OTEL_SDK_DISABLED": "true"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["redriven"] == 1
+    wait_for(
+        lambda: stack.sql("SELECT status FROM healthcare.whatsapp_outbox") == [("sent",)],
+        timeout=20,
+        what="the re-driven reply sent",
+    )
+    assert stack.sql("SELECT action FROM healthcare.audit_log") == [("redrive_replies",)]

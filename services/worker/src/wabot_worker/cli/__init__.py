@@ -5,7 +5,9 @@
 * ``wabot reencrypt``: move sealed content to the current key, in bounded,
   resumable batches;
 * ``wabot redrive [--count N] [--id ID ...]``: move dead letters back onto
-  the stream (also ``worker redrive``).
+  the stream (also ``worker redrive``);
+* ``wabot redrive-replies [--count N] [--id ID ...] [--chat JID]``: failed
+  replies back to pending, to be sent again.
 
 Each prints a JSON summary and writes an audit row (``healthcare.audit_log``)
 with the operator (``WABOT_OPERATOR``, else the login name) and the counts.
@@ -25,6 +27,7 @@ from wabot_shared.settings import load_settings
 from wabot_worker.cli.erase import erase
 from wabot_worker.cli.redrive import redrive
 from wabot_worker.cli.reencrypt import reencrypt
+from wabot_worker.cli.replies import redrive_replies
 from wabot_worker.settings import WorkerSettings
 
 PROGRAM = "wabot"
@@ -44,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("redrive", help="move dead-lettered messages back to the stream")
     d.add_argument("--count", type=int, default=100, help="at most this many (oldest first)")
     d.add_argument("--id", action="append", default=[], dest="ids", help="a dead-letter entry id")
+    rr = sub.add_parser("redrive-replies", help="send failed replies again")
+    rr.add_argument("--count", type=int, default=100, help="at most this many (oldest first)")
+    rr.add_argument("--id", action="append", type=int, default=[], dest="ids", help="an outbox id")
+    rr.add_argument("--chat", help="only this chat's (remoteJid)")
     return parser
 
 
@@ -57,6 +64,8 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
         return asyncio.run(erase(settings, args.chat, args.instance))
     if args.command == "reencrypt":
         return asyncio.run(reencrypt(settings, args.batch, args.max_batches))
+    if args.command == "redrive-replies":
+        return redrive_replies(settings, args.count, args.ids, args.chat)
     return asyncio.run(redrive(settings, args.count, args.ids))
 
 
