@@ -17,6 +17,7 @@ is checked against what arrived (:mod:`bench.telemetry`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -24,11 +25,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis
 from tests.support.load import percentile
 from tests.support.stack.env import clean_env
@@ -38,7 +39,7 @@ from tests.support.stack.pipeline import Stack
 from tests.support.stack.process import Process
 from tests.support.stack.services import Service
 
-from bench import wrk
+from bench import sender, wrk
 from bench.measure import (
     CpuWindow,
     Sampler,
@@ -418,9 +419,7 @@ class Bench:
         def offer(seconds: float, to: str) -> tuple[int, int]:
             port = ingest_port(self.stack)
             chats = self.config.chats
-            return asyncio.run(
-                fixed_rate(port, self.sample, self.stack.secret, rate, seconds, to, chats)
-            )
+            return fixed_rate(port, self.sample, self.stack.secret, rate, seconds, to, chats)
 
         try:
             # Warm-up (not measured): until the worker has taken its partitions
@@ -531,7 +530,21 @@ def ingest_port(stack: Stack) -> int:
     return stack.ingest_port
 
 
-async def fixed_rate(
+def bodies(sample: dict[str, Any], instance: str, chats: int) -> Iterator[bytes]:
+    """The sample as JSON bytes, with a fresh message id and one of ``chats`` chats."""
+    body = json.loads(json.dumps(sample))
+    body["instance"] = instance
+    body["data"]["key"]["id"] = "__ID__"
+    body["data"]["key"]["remoteJid"] = "__CHAT__"
+    template = json.dumps(body).encode()
+    run = uuid.uuid4().hex[:8].upper()
+    for i in itertools.count():
+        yield template.replace(b"__ID__", f"L{run}{i:09d}".encode()).replace(
+            b"__CHAT__", chat_jid(i % chats).encode()
+        )
+
+
+def fixed_rate(
     port: int,
     sample: dict[str, Any],
     secret: str,
@@ -540,38 +553,10 @@ async def fixed_rate(
     instance: str,
     chats: int,
 ) -> tuple[int, int]:
-    """Open loop: one webhook every 1/``rate`` s for ``seconds`` (at most 2,000 in
-    flight); how many were sent and how many accepted."""
-    # Idle connections are dropped before uvicorn's 5 s keep-alive timeout
-    # closes them under a request in flight.
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=2.0)
-    headers = {"x-webhook-secret": secret, "content-type": "application/json"}
-    run = uuid.uuid4().hex[:8].upper()
-    in_flight = asyncio.Semaphore(2000)
-
-    async def post(client: httpx.AsyncClient, body: bytes) -> int:
-        try:
-            response = await client.post("/webhooks/evolution", content=body, headers=headers)
-        except httpx.TransportError:
-            return 0  # not accepted: counted as such, not retried
-        finally:
-            in_flight.release()
-        return response.status_code
-
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", timeout=10, limits=limits
-    ) as client:
-        tasks = []
-        start = time.monotonic()
-        i = 0
-        while (elapsed := time.monotonic() - start) < seconds:
-            body = json.loads(json.dumps(sample))
-            body["instance"] = instance
-            body["data"]["key"]["id"] = f"L{run}{i:09d}"
-            body["data"]["key"]["remoteJid"] = chat_jid(i % chats)
-            await in_flight.acquire()
-            tasks.append(asyncio.create_task(post(client, json.dumps(body).encode())))
-            i += 1
-            await asyncio.sleep(max(0.0, i / rate - elapsed))  # pacing, not synchronisation
-        statuses = await asyncio.gather(*tasks)
-    return len(statuses), sum(1 for s in statuses if 200 <= s < 300)
+    """Open loop: one webhook every 1/``rate`` s for ``seconds``; (sent, accepted)."""
+    headers = {"Content-Type": "application/json", "X-Webhook-Secret": secret}
+    return asyncio.run(
+        sender.open_loop(
+            port, wrk.WEBHOOK_PATH, headers, bodies(sample, instance, chats), rate, seconds
+        )
+    )
