@@ -29,6 +29,11 @@ from bench.measure import CpuWindow, Sampler, acknowledged, delete_stream
 from bench.phases import Bench, ingest_port
 
 RATE_HZ = 100
+# Frames every sample of a thread goes through: left out of the inclusive tables.
+GENERIC = re.compile(
+    r"^(<module>|main|run|asyncio_run|Runner\.run|Server\.(run|serve)|BaseEventLoop\.\w+"
+    r"|Thread\.\w+|Handle\._run|_run_once|Context\.run)$"
+)
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
 # Which part of the stack a file belongs to (first match wins).
 AREAS: tuple[tuple[str, str], ...] = (
@@ -114,6 +119,7 @@ def summarize(raw: Path, seconds: float, top: int = 25) -> dict[str, Any]:
     areas: Counter[str] = Counter()
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
     for s in stacks:
         threads[re.sub(r"[-_ ]?\d+$", "", s.thread)] += s.count
         if not s.frames:
@@ -121,8 +127,11 @@ def summarize(raw: Path, seconds: float, top: int = 25) -> dict[str, Any]:
         func, file = s.frames[-1]
         areas[area(file)] += s.count
         own[f"{func} ({short(file)})"] += s.count
-        for name in {f"{fn} ({short(fl)})" for fn, fl in s.frames}:
+        for fn, fl in {(fn, fl) for fn, fl in s.frames if not GENERIC.search(fn)}:
+            name = f"{fn} ({short(fl)})"
             inclusive[name] += s.count
+            if "wabot_" in fl:
+                ours[name] += s.count
 
     def pct(c: Counter[str], n: int | None = None) -> list[tuple[str, float]]:
         return [(k, round(v * 100 / total, 1)) for k, v in c.most_common(n)]
@@ -136,6 +145,7 @@ def summarize(raw: Path, seconds: float, top: int = 25) -> dict[str, Any]:
         "areas": pct(areas),
         "self": pct(own, top),
         "inclusive": pct(inclusive, top),
+        "inclusive_wabot": pct(ours, top),
     }
 
 
@@ -151,7 +161,8 @@ def markdown(title: str, summary: dict[str, Any], extra: str = "") -> str:
         ("threads", "thread"),
         ("areas", "area (leaf frame)"),
         ("self", "function, self"),
-        ("inclusive", "function, inclusive"),
+        ("inclusive", "function, inclusive (entry points left out)"),
+        ("inclusive_wabot", "wabot function, inclusive"),
     ):
         lines += [f"| {heading} | % of samples |", "| --- | ---: |"]
         lines += [f"| `{name}` | {p} |" for name, p in summary[key]]
