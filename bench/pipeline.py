@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import time
 import traceback
 from pathlib import Path
@@ -46,6 +47,20 @@ from bench.telemetry import TelemetryBackend
 PHASES = ("ingest", "drain", "latency", "memory")
 ALL_PHASES = (*PHASES, "profile")
 RESULTS = REPO / "bench" / "results"
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether services/, shared/ or migrations/ had
+    uncommitted changes (then the figures are of the working tree)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=30
+        )
+        return done.stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "services", "shared", "migrations")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted": bool(changed)}
 
 
 def default_arq_python() -> str | None:
@@ -115,6 +130,7 @@ def main() -> None:
             }
         ),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "code": code_version(),
         "config": dataclasses.asdict(cfg),
         "phases": wanted,
         "postgres_durable": not args.no_durable_pg,

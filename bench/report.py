@@ -170,7 +170,12 @@ def machine_line(m: dict[str, Any]) -> str:
 def print_report(results: dict[str, Any]) -> None:
     print()
     print(f"machine: {machine_line(results['machine'])}")
-    print(f"run: {results['config']['name']} ({results['started']}, {results['seconds']:.0f} s)")
+    code = results.get("code", {})
+    dirty = " + uncommitted changes" if code.get("uncommitted") else ""
+    print(
+        f"run: {results['config']['name']} ({results['started']}, {results['seconds']:.0f} s), "
+        f"code {code.get('commit', '?')}{dirty}"
+    )
     for row in targets(results):
         print()
         verdict = f"  [{row['verdict']}]" if row["verdict"] else ""
@@ -182,7 +187,9 @@ def print_report(results: dict[str, Any]) -> None:
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Machine: {machine_line(results['machine'])}; run `{results['config']['name']}` "
-        f"of {results['started']}.",
+        f"of {results['started']}, code {results.get('code', {}).get('commit', '?')}"
+        + (" + uncommitted changes" if results.get("code", {}).get("uncommitted") else "")
+        + ".",
         "",
         "| target | measured (median, range over rounds) | goal | |",
         "| --- | --- | --- | --- |",
