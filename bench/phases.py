@@ -200,6 +200,9 @@ class Bench:
                 env.update(
                     OTEL_EXPORTER_OTLP_ENDPOINT=self.backend.otlp_endpoint,
                     OTEL_SERVICE_NAME="peer-fastapi-otel",
+                    OTEL_METRIC_EXPORT_INTERVAL=self.stack.env.get(
+                        "OTEL_METRIC_EXPORT_INTERVAL", "60000"
+                    ),
                     OTEL_RESOURCE_ATTRIBUTES=f"deployment.environment.name={tag}",
                 )
             proc = Process(
