@@ -32,7 +32,9 @@ stamp="$venv/.requirements.sha256"
 want="$(sha256sum "$requirements" | cut -d' ' -f1)"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bench-bootstrap: building the arq peer's environment in $venv"
-  "${UV[@]}" venv --quiet --allow-existing --python 3.11 "$venv"
+  # The project's own interpreter: nothing to download.
+  python="$("${UV[@]}" run --frozen --no-sync python -c 'import sys; print(sys.executable)')"
+  "${UV[@]}" venv --quiet --allow-existing --python "$python" "$venv"
   "${UV[@]}" pip sync --quiet --require-hashes --python "$venv/bin/python" "$requirements"
   echo "$want" >"$stamp"
 fi
