@@ -167,9 +167,30 @@ def machine_line(m: dict[str, Any]) -> str:
     )
 
 
+def busy(results: dict[str, Any]) -> str:
+    """A warning when other work loaded the machine during the run."""
+    loads = [
+        r["load_average"]
+        for phase in ("ingest", "drain")
+        for rounds in results.get(phase, {}).get("rounds", {}).values()
+        for r in rounds
+        if "load_average" in r
+    ]
+    cores = results["machine"].get("cpus_usable") or 1
+    if not loads or max(loads) <= cores:
+        return ""
+    return (
+        f"the machine was busy: load average {min(loads):.1f}-{max(loads):.1f} during the "
+        f"rounds on {cores} cores; the throughput figures are noisy, the ratios of rounds "
+        f"side by side and the CPU per message less so"
+    )
+
+
 def print_report(results: dict[str, Any]) -> None:
     print()
     print(f"machine: {machine_line(results['machine'])}")
+    if busy(results):
+        print(f"warning: {busy(results)}")
     code = results.get("code", {})
     dirty = " + uncommitted changes" if code.get("uncommitted") else ""
     print(
@@ -189,7 +210,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Machine: {machine_line(results['machine'])}; run `{results['config']['name']}` "
         f"of {results['started']}, code {results.get('code', {}).get('commit', '?')}"
         + (" + uncommitted changes" if results.get("code", {}).get("uncommitted") else "")
-        + ".",
+        + "."
+        + (f" Note: {busy(results)}." if busy(results) else ""),
         "",
         "| target | measured (median, range over rounds) | goal | |",
         "| --- | --- | --- | --- |",
