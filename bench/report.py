@@ -52,7 +52,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
                 "goal": "≥ 1.0x",
                 "verdict": _verdict(ratio >= 1.0, f"by {(1 - ratio) * 100:.0f} %"),
                 "details": (
-                    f"by CPU per request {a['cpu_ratio_ours_over_stock']:.2f}x; "
+                    f"by CPU per request {a.get('cpu_ratio_ours_over_stock', math.nan):.2f}x; "
                     f"wabot ingest {_range(rps[INGEST_OURS])} req/s, "
                     f"{_n(cpu[INGEST_OURS]['median'])} µs CPU/req; "
                     f"stock {_range(rps[INGEST_STOCK])} req/s, "
@@ -83,7 +83,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
                 "goal": "≥ 5x",
                 "verdict": _verdict(ratio >= 5.0, f"by {(1 - ratio / 5) * 100:.0f} %"),
                 "details": (
-                    f"by CPU per message {b['cpu_ratio_ours_over_celery']:.2f}x; "
+                    f"by CPU per message {b.get('cpu_ratio_ours_over_celery', math.nan):.2f}x; "
                     f"wabot worker {_range(rate[DRAIN_MANY])} msg/s over {b['chats']} chats, "
                     f"{_n(cpu[DRAIN_MANY]['median'], 2)} ms CPU/msg; "
                     f"Celery {_range(rate[DRAIN_CELERY])} msg/s, "
@@ -220,3 +220,20 @@ def markdown(results: dict[str, Any]) -> str:
         cells = (row["target"], f"{row['measured']}; {row['details']}", row["goal"], row["verdict"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """``python -m bench.report bench/results/bench-<time>.json``: the report and
+    the Markdown table of an earlier run, again."""
+    import json
+    import sys
+    from pathlib import Path
+
+    results = json.loads(Path(sys.argv[1]).read_text())
+    print_report(results)
+    print()
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
