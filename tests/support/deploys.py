@@ -51,6 +51,10 @@ FLY_DIR = REPO / "fly"
 BLUE_SLOTS = ("blue-1", "blue-2")
 GREEN_SLOTS = ("green-1", "green-2")
 FULL_WEIGHT = 100
+# How long a new instance may take to be ready. Deploys boot instances while
+# the old ones serve the load: on a shared 2-core machine an import-heavy
+# Python boot has taken over 30 s (the harness' default) there.
+BOOT_TIMEOUT = 60.0
 
 
 # --------------------------------------------------------------- fly/ model ---
@@ -128,7 +132,7 @@ class IngestFleet:
         UP and serving at full weight. The caller stops ``fleet.proxy``."""
         instances = [stack.spawn_ingest(**env) for _ in slots]
         for instance in instances:
-            instance.wait_ready()
+            instance.wait_ready(BOOT_TIMEOUT)
         check = fly_ready_path()
         proxy = Proxy(
             tmp,
@@ -159,7 +163,7 @@ class IngestFleet:
         self.starts += len(spawned)
         for slot, svc in zip(slots, spawned, strict=True):
             try:
-                svc.wait_ready()
+                svc.wait_ready(BOOT_TIMEOUT)
             except AssertionError:
                 self.failed_starts.append(slot)
                 raise
@@ -330,6 +334,7 @@ def canary(
             return "promote"
         return None
 
+    decision: str | None
     try:
         decision = wait_for(
             judged,
@@ -340,7 +345,7 @@ def canary(
     except AssertionError:
         decision = f"fewer than {policy.min_requests} requests in {policy.observe_timeout:.0f}s"
     if decision != "promote":
-        return rollback(decision)
+        return rollback(decision or "no decision")
     verdict.promoted = True
     verdict.reason = (
         f"error rate {verdict.errors}/{verdict.requests} < {policy.max_error_rate:.0%}"
@@ -402,11 +407,12 @@ class Roll:
 
 
 def start_workers(stack: Stack, names: Sequence[str], **env: str) -> list[Service]:
-    """Workers ``names``, booted together, each healthy."""
+    """Workers ``names``, booted together, each healthy (/health 200) within
+    :data:`BOOT_TIMEOUT`; one that is not is killed and the call fails."""
     workers = [stack.start_worker(name, wait=False, **env) for name in names]
     for worker in workers:
         worker.ready = worker.health_url
-        worker.wait_ready()
+        worker.wait_ready(BOOT_TIMEOUT)
     return workers
 
 
@@ -425,7 +431,7 @@ def rolling_workers(
         exits.append((code, took))
         phase.event(f"worker {name} stopped (exit {code} in {took:.2f}s)")
         try:
-            new.append(stack.start_worker(name, healthy=True, **env))
+            new += start_workers(stack, [name], **env)
         except AssertionError:
             failed += 1
             raise
