@@ -611,6 +611,94 @@ def pipeline_overview() -> dict[str, Any]:
         .height(8)
         .span(24),
     )
+    layout.row("Conversations").panels(
+        stat_panel(
+            "Replies failed (15m)",
+            "Replies marked failed for good (a 4xx from Evolution, or past their attempt or "
+            "time budget): env:whatsapp_reply_failed:increase15m, the figure RepliesFailing "
+            "alerts on. Re-drive them with `wabot redrive-replies`.",
+            f"sum(env:whatsapp_reply_failed:increase15m{{{ENV}}})",
+            "short",
+            (("green", None), ("red", 1)),
+        ),
+        stat_panel(
+            "Oldest unsent reply",
+            "Age of the oldest reply in the outbox (env:whatsapp_outbox_oldest_age_seconds:max; "
+            "RepliesDelayed above 10 minutes).",
+            f"max(env:whatsapp_outbox_oldest_age_seconds:max{{{ENV}}})",
+            "s",
+            (("green", None), ("orange", 60), ("red", 600)),
+        ),
+        stat_panel(
+            "Replies waiting",
+            "whatsapp.outbox.pending: replies written and not yet accepted by Evolution.",
+            f"max({worker('whatsapp_outbox_pending')})",
+            "short",
+        ),
+        graph_panel(
+            "Reply outcomes",
+            "whatsapp.reply.sent by outcome: sent, retried (429/5xx/timeouts, with backoff), "
+            "failed (for good), suppressed (a handler's reply to a chat the bot must not answer).",
+            [
+                query(
+                    "A",
+                    f"sum by (whatsapp_outcome) ({rate(worker('whatsapp_reply_sent_total'))})",
+                    "{{whatsapp_outcome}}",
+                )
+            ],
+            "short",
+        ),
+        graph_panel(
+            "Reply latency (webhook accepted -> reply accepted by Evolution)",
+            "whatsapp.reply.latency percentiles; exemplars link to the inbound message's trace.",
+            percentiles(
+                worker("whatsapp_reply_latency_seconds_bucket"), (0.5, 0.95), exemplar=True
+            ),
+            "s",
+        ),
+        graph_panel(
+            "Outbox depth and oldest unsent reply",
+            "whatsapp.outbox.pending and whatsapp.outbox.oldest_age.",
+            [
+                query("A", f"max({worker('whatsapp_outbox_pending')})", "pending"),
+                query(
+                    "B", f"max({worker('whatsapp_outbox_oldest_age_seconds')})", "oldest age (s)"
+                ),
+            ],
+            "short",
+        ),
+        graph_panel(
+            "Time waiting behind its chat",
+            "whatsapp.message.chat_wait.duration percentiles: how long a message waited in the "
+            "worker for its chat's earlier messages (the cost of per-chat order).",
+            percentiles(
+                worker("whatsapp_message_chat_wait_duration_seconds_bucket"),
+                (0.5, 0.95, 0.99),
+                exemplar=False,
+            ),
+            "s",
+        ),
+        graph_panel(
+            "Handler duration",
+            "whatsapp.handler.duration percentiles (your WORKER_HANDLER, or the auto-reply).",
+            percentiles(
+                worker("whatsapp_handler_duration_seconds_bucket"), (0.5, 0.95), exemplar=False
+            ),
+            "s",
+        ),
+        graph_panel(
+            "Partitions per worker",
+            "whatsapp.worker.partitions: each worker's share of the stream's partitions.",
+            [
+                query(
+                    "A",
+                    f"max by (service_instance_id) ({worker('whatsapp_worker_partitions')})",
+                    "{{service_instance_id}}",
+                )
+            ],
+            "short",
+        ),
+    )
     return layout.build()
 
 

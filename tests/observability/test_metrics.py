@@ -21,6 +21,7 @@ from tests.observability.opsfiles import (
     load_recording_rules,
     strip_thresholds,
 )
+from tests.support.evolution import EvolutionStub
 from tests.support.stack.alerting import Prometheus
 from tests.support.stack.backend import Jaeger, ObsStack
 from tests.support.stack.net import free_port, wait_for
@@ -121,7 +122,10 @@ EMPTY_WHILE_HEALTHY = {
 
 
 def test_every_dashboard_and_alert_expression_returns_data(
-    obs_stack: ObsStack, samples: dict[str, dict[str, Any]], prometheus: Prometheus
+    obs_stack: ObsStack,
+    samples: dict[str, dict[str, Any]],
+    prometheus: Prometheus,
+    evolution_stub: EvolutionStub,
 ) -> None:
     """Traffic of every kind the dashboards show (stored, duplicate, ignored,
     unauthorized, dead-lettered, refused with 503), then each expression with
@@ -129,16 +133,24 @@ def test_every_dashboard_and_alert_expression_returns_data(
     alert's watched quantity (its expression without the threshold) must
     return data."""
     obs_stack.start_ingest()
-    obs_stack.start_worker()
+    # Replies on, so the conversation panels (outbox, reply latency, handler) have data.
+    obs_stack.register_instance(samples["messages-upsert-text"]["instance"])
+    obs_stack.start_worker(
+        REPLY_ENABLED="true",
+        EVOLUTION_API_URL=evolution_stub.url,
+        EVOLUTION_API_KEY="evolution-key-0123456789",
+    )
     sample = samples["messages-upsert-text"]
     for _ in range(3):
         obs_stack.post_message(sample)
     obs_stack.post_message(sample, message_id="OBSDUPLICATE")
     obs_stack.post_message(sample, message_id="OBSDUPLICATE")  # -> outcome "duplicate"
+    unregistered = {**sample, "instance": "clinic-nowhere"}
+    obs_stack.post_message(unregistered, message_id="OBSUNRESOLVED")  # -> a resolution fallback
     assert obs_stack.post(samples["connection-update"]).status_code == 202  # ignored
     assert obs_stack.post(sample, auth=False).status_code == 401
     obs_stack.xadd({"payload": "{not json"})  # poison -> dead-lettered, ERROR span
-    obs_stack.wait_rows(4)
+    obs_stack.wait_rows(5)
 
     # A 503: an ingest whose Redis went away (answers 503 + Retry-After).
     with tempfile.TemporaryDirectory(prefix="wabot-redis-503-") as tmp:

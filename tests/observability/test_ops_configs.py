@@ -70,6 +70,8 @@ ALERTS = {
     "RedisMemoryHigh",
     "RedisEvicting",
     "PostgresConnectionsHigh",
+    "RepliesFailing",
+    "RepliesDelayed",
 }
 # Repository-relative: the runbook is a file of this repository (see alerts.yml).
 RUNBOOK_URL = "docs/observability.md#runbook-{}"
@@ -93,6 +95,14 @@ APP_METRICS = {
     "whatsapp_queue_oldest_age_seconds",
     "whatsapp_instance_resolutions_total",
     "whatsapp_worker_heartbeat_seconds",
+    # Conversations: the outbox sender, the handler, per-chat order.
+    "whatsapp_reply_sent_total",
+    "whatsapp_reply_latency_seconds",
+    "whatsapp_outbox_pending",
+    "whatsapp_outbox_oldest_age_seconds",
+    "whatsapp_message_chat_wait_duration_seconds",
+    "whatsapp_handler_duration_seconds",
+    "whatsapp_worker_partitions",
     "traces_span_metrics_calls_total",
     "traces_span_metrics_duration_seconds",
 }
@@ -100,6 +110,9 @@ HISTOGRAMS = {
     "http_server_request_duration_seconds",
     "messaging_process_duration_seconds",
     "whatsapp_message_end_to_end_duration_seconds",
+    "whatsapp_reply_latency_seconds",
+    "whatsapp_message_chat_wait_duration_seconds",
+    "whatsapp_handler_duration_seconds",
     "traces_span_metrics_duration_seconds",
 }
 COLLECTOR_METRICS = {

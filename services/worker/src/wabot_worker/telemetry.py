@@ -196,6 +196,12 @@ class WorkerTelemetry:
             1, {"maintenance.step": step, error_attributes.ERROR_TYPE: error_type}
         )
 
+    def declare_replies(self) -> None:
+        """Export every reply outcome from the start (at 0), so an alert on
+        failures has a series to watch before the first one."""
+        for outcome in ("sent", "retried", "failed", "suppressed"):
+            self._replies.add(0, {names.ATTR_OUTCOME: outcome})
+
     def replied(self, outcome: str, count: int = 1) -> None:
         """Count reply outcomes: sent, retried, failed, suppressed."""
         self._replies.add(count, {names.ATTR_OUTCOME: outcome})

@@ -142,6 +142,7 @@ class Worker:
                     poll_interval=s.reply_poll_interval,
                 ),
             )
+            self.telemetry.declare_replies()
         handler = self.handler if self.handler is not None else resolve_handler(s)
         handling = None
         if handler is not None:
