@@ -104,8 +104,11 @@ class Sampler:
         timeout: float,
         interval: float = 0.02,
         pid: int | None = None,
+        stall: float | None = None,
     ) -> None:
         self.read = read
+        # Give up when the value has not moved for ``stall`` s (a stuck consumer).
+        self.stall = stall
         self.target = target
         self.timeout = timeout
         self.interval = interval
@@ -113,6 +116,7 @@ class Sampler:
         self.pid = pid
         self.samples: list[tuple[float, int]] = []
         self.cpu: list[float] = []
+        self.stalled = False
         self.done = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
@@ -123,12 +127,15 @@ class Sampler:
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.timeout
+        moved_at = time.monotonic()
         while not self._stop.is_set():
             try:
                 value = self.read()
             except (OSError, redis.RedisError):
                 value = self.samples[-1][1] if self.samples else 0
             now = time.monotonic()
+            if self.samples and value != self.samples[-1][1]:
+                moved_at = now
             self.samples.append((now, value))
             if self.pid is not None:
                 try:
@@ -136,6 +143,9 @@ class Sampler:
                 except OSError:
                     self.cpu.append(self.cpu[-1] if self.cpu else 0.0)
             if value >= self.target or now >= deadline:
+                break
+            if self.stall is not None and now - moved_at >= self.stall:
+                self.stalled = True
                 break
             self._stop.wait(self.interval)  # sampling interval, not synchronisation
         self.done.set()
@@ -156,12 +166,17 @@ class Sampler:
         return bool(self.samples) and self.samples[-1][1] >= self.target
 
     def rate(self) -> dict[str, float]:
-        """From the first sample showing progress to the last one (which reached
-        the target, unless time ran out); with ``pid``, its CPU per item too."""
+        """From the first sample showing progress to the first one showing the
+        last value (the target, unless time ran out or progress stalled); with
+        ``pid``, its CPU per item too."""
         moving = [i for i, (_, v) in enumerate(self.samples) if v > 0]
         if len(moving) < 2:
             return {"per_s": float("nan"), "seconds": float("nan"), "counted": 0}
-        first, last = moving[0], moving[-1]
+        final = self.samples[moving[-1]][1]
+        first = moving[0]
+        last = next(i for i in moving if self.samples[i][1] == final)
+        if last == first:
+            return {"per_s": float("nan"), "seconds": float("nan"), "counted": 0}
         (t0, v0), (t1, v1) = self.samples[first], self.samples[last]
         seconds = max(t1 - t0, 1e-9)
         out = {"per_s": (v1 - v0) / seconds, "seconds": seconds, "counted": v1 - v0}

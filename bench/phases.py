@@ -55,6 +55,9 @@ from bench.peers.payloads import chat_jid
 from bench.telemetry import TelemetryBackend, stdout_log_records
 
 SAMPLE_NAME = "messages-upsert-text"
+# A drain that made no progress for this long is reported incomplete (a stuck
+# consumer), instead of waiting for the phase's time limit.
+STALL_SECONDS = 60.0
 INGEST_OURS = "wabot ingest"
 INGEST_STOCK = "stock FastAPI + XADD, no telemetry"
 INGEST_CONTRIB = "FastAPI + XADD, contrib OTel instrumentation"
@@ -276,7 +279,11 @@ class Bench:
         tag = self.tag("worker")
         worker = self.start_worker(tag, stream, wait=False)
         sampler = Sampler(
-            lambda: acknowledged(self.redis, stream), backlog, timeout=600, pid=worker.pid
+            lambda: acknowledged(self.redis, stream),
+            backlog,
+            timeout=600,
+            pid=worker.pid,
+            stall=STALL_SECONDS,
         ).start()
         try:
             sampler.wait()
@@ -289,6 +296,7 @@ class Bench:
             "messages": backlog,
             "rows": rows,
             "complete": sampler.reached and rows == backlog,
+            "stalled": sampler.stalled,
             "preload_ingest_rps": preload["ingest_rps"],
             "telemetry": [preload["telemetry"], self.account_worker(worker, tag, rows)],
         }
@@ -351,7 +359,11 @@ class Bench:
             stop_signal=signal.SIGTERM,
         ).start()
         sampler = Sampler(
-            lambda: int(self.redis.get(counter) or 0), backlog, timeout=900, pid=proc.pid
+            lambda: int(self.redis.get(counter) or 0),
+            backlog,
+            timeout=900,
+            pid=proc.pid,
+            stall=STALL_SECONDS,
         ).start()
         try:
             sampler.wait()
@@ -362,6 +374,7 @@ class Bench:
             "load_average": os.getloadavg()[0],
             "messages": backlog,
             "complete": sampler.reached,
+            "stalled": sampler.stalled,
         }
 
     def drain_phase(self) -> dict[str, Any]:
@@ -397,6 +410,9 @@ class Bench:
         out: dict[str, Any] = {
             "messages": self.config.drain_messages,
             "chats": self.config.chats,
+            # Rounds that never drained everything (stalled or timed out): their
+            # rate runs up to the last progress.
+            "incomplete": {v: sum(not x["complete"] for x in rounds[v]) for v in variants},
             "rounds": rounds,
             "per_s": rate,
             "cpu_ms_per_message": cpu,
