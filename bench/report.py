@@ -68,6 +68,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
         ratio = b["ratio_ours_over_celery"]
         rate = b["per_s"]
         cpu = b["cpu_ms_per_message"]
+        incomplete = ", ".join(
+            f"{v} {n} of {len(b['rounds'][v])}" for v, n in b.get("incomplete", {}).items() if n
+        )
+        if incomplete:
+            incomplete = f"; INCOMPLETE drains (stalled or timed out): {incomplete}"
         arq = (
             f"; arq tuned {_range(rate[DRAIN_ARQ])} msg/s "
             f"(wabot/arq {b['ratio_ours_over_arq']:.2f}x)"
@@ -87,7 +92,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
                     f"wabot worker {_range(rate[DRAIN_MANY])} msg/s over {b['chats']} chats, "
                     f"{_n(cpu[DRAIN_MANY]['median'], 2)} ms CPU/msg; "
                     f"Celery {_range(rate[DRAIN_CELERY])} msg/s, "
-                    f"{_n(cpu[DRAIN_CELERY]['median'], 2)} ms CPU/msg" + arq
+                    f"{_n(cpu[DRAIN_CELERY]['median'], 2)} ms CPU/msg" + arq + incomplete
                 ),
             }
         )
