@@ -95,9 +95,10 @@ def prometheus(
         postgres_exporter=postgres_exporter.target,
     )
     with p.process:
-        # Prometheus applies scrape targets only on its first 5s reload tick; wait
-        # here once so no test's deadline has to absorb that.
-        p.wait_scraping({"wabot", "otel-collector", "redis", "postgres"})
+        # Prometheus applies scrape targets only on its first 5s reload tick, and
+        # scrapes the exporters every 15s (prometheus.yml); wait here once so no
+        # test's deadline has to absorb that.
+        p.wait_scraping({"wabot", "otel-collector", "redis", "postgres"}, timeout=60)
         yield p
 
 

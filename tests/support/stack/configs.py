@@ -189,7 +189,8 @@ def prometheus_config(
     for key, value in intervals:
         if value is None:
             continue
-        text, n = re.subn(rf"^(\s*){key}: \S+$", rf"\g<1>{key}: {value}", text, flags=re.M)
+        # Only the global one (indented once): a job's own interval stays.
+        text, n = re.subn(rf"^(  ){key}: \S+$", rf"\g<1>{key}: {value}", text, flags=re.M)
         assert n == 1, f"prometheus.yml: expected exactly one (global) {key}"
     return text
 
