@@ -931,8 +931,7 @@ def infrastructure() -> dict[str, Any]:
     )
     redis = 'job="redis"'
     pg = 'job="postgres"'
-    up = (("red", None), ("green", 1))
-    ok = (("red", None), ("green", 1))
+    up = (("red", None), ("green", 1))  # 1 = up / ok
     layout.panels(
         stat_panel(
             "Redis up",
@@ -962,7 +961,7 @@ def infrastructure() -> dict[str, Any]:
             "an accepted message survives a Redis restart only through it.",
             f"min({sel('redis_aof_last_write_status', redis, ENV)})",
             "short",
-            ok,
+            up,
         ),
         stat_panel(
             "PostgreSQL up",
