@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.deploys import (
+    CLIENT_TIMEOUT,
     CanaryPolicy,
     Cutover,
     IngestFleet,
@@ -132,7 +133,12 @@ def deployment(
         workers = start_workers(stack, ["w-1", "w-2"], **fly_shutdown_env("worker"))
         rate = infra.rate
         load = EvolutionLoad(
-            fleet.proxy.url(), infra.template, secret=stack.secret, rate=rate, count=int(rate * 180)
+            fleet.proxy.url(),
+            infra.template,
+            secret=stack.secret,
+            rate=rate,
+            count=int(rate * 180),
+            request_timeout=CLIENT_TIMEOUT,
         ).start()
         wait_for(lambda: load.accepted_count() >= rate, timeout=20, what="the load to warm up")
         yield stack, fleet, workers, load

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.support.deploys import (
+    CLIENT_TIMEOUT,
     CanaryPolicy,
     Cutover,
     IngestFleet,
@@ -66,14 +67,27 @@ def fleet(stack: Stack, tmp_path: Path) -> Iterator[IngestFleet]:
 
 @pytest.fixture
 def workers(stack: Stack) -> list[Service]:
+    """Two workers, for the rolling deploy."""
     return start_workers(stack, ["w-1", "w-2"], **fly_shutdown_env("worker"))
+
+
+@pytest.fixture
+def worker(stack: Stack) -> Service:
+    """One worker: the canary deploys only ingest (the machine has 2 cores)."""
+    (one,) = start_workers(stack, ["w-1"], **fly_shutdown_env("worker"))
+    return one
 
 
 @pytest.fixture
 def load(fleet: IngestFleet, stack: Stack, template: dict[str, Any]) -> Iterator[EvolutionLoad]:
     """Evolution through the proxy, until ``stop_sending()`` (at most two minutes)."""
     load = EvolutionLoad(
-        fleet.proxy.url(), template, secret=stack.secret, rate=RATE, count=RATE * 120
+        fleet.proxy.url(),
+        template,
+        secret=stack.secret,
+        rate=RATE,
+        count=RATE * 120,
+        request_timeout=CLIENT_TIMEOUT,
     )
     try:
         yield load
@@ -154,7 +168,7 @@ def test_migrations_then_rolling_workers_then_blue_green_ingest(
 def test_canary_rolled_back_when_broken_and_promoted_when_healthy(
     stack: Stack,
     fleet: IngestFleet,
-    workers: list[Service],
+    worker: Service,
     load: EvolutionLoad,
     tmp_path: Path,
     record_property: Callable[[str, object], None],
