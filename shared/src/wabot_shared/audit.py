@@ -1,6 +1,7 @@
 """The append-only audit log (``healthcare.audit_log``, migration 008).
 
-Erase, redrive, reencrypt and purge runs each write one row: when, who (the
+Erase, redrive, reencrypt and purge runs, and each operator read of a
+message's content, write one row: when, who (the
 operator named by ``WABOT_OPERATOR``, else the login name; or the service),
 and counts. Never message content or phone numbers.
 """
@@ -17,7 +18,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
-Action = Literal["erase", "redrive", "redrive_replies", "reencrypt", "purge"]
+Action = Literal["erase", "redrive", "redrive_replies", "reencrypt", "purge", "read_content"]
 _INSERT = "INSERT INTO healthcare.audit_log (action, operator, details) VALUES (%s, %s, %s)"
 
 

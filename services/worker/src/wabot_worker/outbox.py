@@ -35,6 +35,7 @@ from wabot_shared.crypto import Keyring
 from wabot_shared.failures import classify, http_status_kind
 from wabot_worker.reply import EvolutionClient
 from wabot_worker.telemetry import WorkerTelemetry
+from wabot_worker.writes import reply_aad
 
 log = logging.getLogger("wabot.worker.outbox")
 _TRACE_CONTEXT = TraceContextTextMapPropagator()
@@ -174,15 +175,9 @@ class ReplySender:
         if head["text_enc"] is None:
             return str(head["text_body"] or "")
         assert self.keyring is not None, "sealed reply and no keys"
-        aad = "\x1f".join(
-            (
-                "reply",
-                head["instance_name"],
-                head["remote_jid"],
-                head["inbound_message_id"],
-                str(head["seq"]),
-            )
-        ).encode()
+        aad = reply_aad(
+            head["instance_name"], head["remote_jid"], head["inbound_message_id"], head["seq"]
+        )
         return self.keyring.open(head["text_enc"], aad).decode()
 
     async def _send(self, head: dict[str, Any]) -> bool:

@@ -126,6 +126,13 @@ class WorkerSettings(QueueSettings):
     # /health fails when entries wait but nothing was acknowledged for this
     # long, or an entry has been failing for this long.
     stall_seconds: float = Field(default=30.0, gt=0, validation_alias=env("WORKER_STALL_SECONDS"))
+    # Where `wabot trace` reads a message's trace and log lines (make run's ports).
+    jaeger_query_url: str = Field(
+        default="http://127.0.0.1:16686", validation_alias=env("JAEGER_QUERY_URL")
+    )
+    logs_query_url: str = Field(
+        default="http://127.0.0.1:19428", validation_alias=env("LOGS_QUERY_URL")
+    )
     # Test-only: kill or hang the worker at a precise point (test/development only).
     fault: FaultPoint | None = Field(
         default=None, validation_alias=env("WORKER_FAULT", "FAULT_INJECTION")

@@ -81,10 +81,9 @@ UPDATE {TABLE} SET deleted_at = coalesce(deleted_at, %s)
 """
 
 
-def reply_aad(message: Message, seq: int) -> bytes:
-    return "\x1f".join(
-        ("reply", message.instance, message.remote_jid, message.message_id, str(seq))
-    ).encode()
+def reply_aad(instance: str, remote_jid: str, inbound_message_id: str, seq: int) -> bytes:
+    """What a sealed reply is bound to: its chat, the message it answers, its place."""
+    return "\x1f".join(("reply", instance, remote_jid, inbound_message_id, str(seq))).encode()
 
 
 def state_aad(instance: str, remote_jid: str) -> bytes:
@@ -158,7 +157,11 @@ def message_write(
         else:
             clear = [None] * len(texts)
             sealed = [
-                keyring.seal(t.encode(), reply_aad(message, i + 1)) for i, t in enumerate(texts)
+                keyring.seal(
+                    t.encode(),
+                    reply_aad(message.instance, message.remote_jid, message.message_id, i + 1),
+                )
+                for i, t in enumerate(texts)
             ]
         carrier = carrier or {}
         state_json: str | None = None

@@ -7,7 +7,9 @@
 * ``wabot redrive [--count N] [--id ID ...]``: move dead letters back onto
   the stream (also ``worker redrive``);
 * ``wabot redrive-replies [--count N] [--id ID ...] [--chat JID]``: failed
-  replies back to pending, to be sent again.
+  replies back to pending, to be sent again;
+* ``wabot trace <trace_id | message_id | stream_id> [--show-content] [--json]``:
+  one message's whole story (row, stream, dead letter, replies, trace, logs).
 
 Each prints a JSON summary and writes an audit row (``healthcare.audit_log``)
 with the operator (``WABOT_OPERATOR``, else the login name) and the counts.
@@ -28,6 +30,7 @@ from wabot_worker.cli.erase import erase
 from wabot_worker.cli.redrive import redrive
 from wabot_worker.cli.reencrypt import reencrypt
 from wabot_worker.cli.replies import redrive_replies
+from wabot_worker.cli.story import render, story
 from wabot_worker.settings import WorkerSettings
 
 PROGRAM = "wabot"
@@ -51,11 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     rr.add_argument("--count", type=int, default=100, help="at most this many (oldest first)")
     rr.add_argument("--id", action="append", type=int, default=[], dest="ids", help="an outbox id")
     rr.add_argument("--chat", help="only this chat's (remoteJid)")
+    t = sub.add_parser("trace", help="one message's whole story")
+    t.add_argument("id", help="a trace id, a WhatsApp message id or a stream entry id")
+    t.add_argument("--show-content", action="store_true", help="also its text (opened)")
+    t.add_argument("--json", action="store_true", help="JSON instead of text")
     return parser
 
 
 def run(argv: Sequence[str]) -> dict[str, Any]:
-    """Run one command; returns its JSON summary."""
+    """Run one command; returns its JSON summary (trace: its story)."""
     args = _parser().parse_args(argv)
     settings = load_settings(WorkerSettings, PROGRAM)
     # stdout is the summary; log lines go to stderr.
@@ -66,10 +73,26 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
         return asyncio.run(reencrypt(settings, args.batch, args.max_batches))
     if args.command == "redrive-replies":
         return redrive_replies(settings, args.count, args.ids, args.chat)
+    if args.command == "trace":
+        return asyncio.run(
+            story(
+                settings,
+                args.id,
+                show_content=args.show_content,
+                jaeger_url=settings.jaeger_query_url,
+                logs_url=settings.logs_query_url,
+            )
+        )
     return asyncio.run(redrive(settings, args.count, args.ids))
 
 
 def main() -> None:
     """Console entry point of ``wabot``."""
-    summary = run(sys.argv[1:])
-    print(json.dumps(summary, sort_keys=True))
+    argv = sys.argv[1:]
+    summary = run(argv)
+    if argv and argv[0] == "trace" and "--json" not in argv:
+        print(render(summary))
+    else:
+        print(json.dumps(summary, sort_keys=True, default=str))
+    if argv and argv[0] == "trace" and not summary["found"]:
+        sys.exit(1)  # nothing anywhere by that id: scripts can tell
