@@ -87,13 +87,25 @@ async def probe_schema(conn: AsyncConnection[TupleRow]) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Bulk:
+    """How consecutive single-row inserts of one kind become one statement:
+    ``sql`` takes one array per column (the rows transposed) and returns the
+    ``key`` columns of the rows it inserted, the first ``key`` values of a row."""
+
+    sql: str
+    key: int
+
+
+@dataclass(frozen=True, slots=True)
 class Statement:
     """One SQL statement of an entry; ``returns``: its first row says whether
-    it inserted (``RETURNING``)."""
+    it inserted (``RETURNING``); ``bulk``: how a run of such statements is
+    sent as one."""
 
     sql: str
     params: Sequence[Any] | Mapping[str, Any]
     returns: bool = False
+    bulk: Bulk | None = None
 
 
 @dataclass(slots=True)
@@ -126,20 +138,56 @@ class _Round:
 
 
 async def _execute(conn: AsyncConnection[TupleRow], writes: Sequence[Write]) -> list[bool | None]:
-    """Every statement of ``writes`` in one round trip, in order."""
+    """Every statement of ``writes`` in one round trip, in order; a run of
+    consecutive bulk-able inserts (the common case: messages) as one statement."""
     cursors: list[tuple[int, Any]] = []
+    bulks: list[tuple[list[int], list[tuple[Any, ...]], Any]] = []
     async with conn.pipeline() as pipe:
-        for index, write in enumerate(writes):
-            for statement in write.statements:
+        index = 0
+        while index < len(writes):
+            run = _bulk_run(writes, index)
+            if len(run) > 1:
+                bulk = writes[index].statements[0].bulk
+                assert bulk is not None
+                rows = [tuple(writes[i].statements[0].params) for i in run]
+                columns = [list(column) for column in zip(*rows, strict=True)]
+                cursor = await conn.execute(bulk.sql, columns)
+                bulks.append((run, [row[: bulk.key] for row in rows], cursor))
+                index += len(run)
+                continue
+            for statement in writes[index].statements:
                 cursor = await conn.execute(statement.sql, statement.params)
                 if statement.returns:
                     cursors.append((index, cursor))
+            index += 1
         await pipe.sync()
     results: list[bool | None] = [None] * len(writes)
     for index, cursor in cursors:
         if results[index] is None:
             results[index] = await cursor.fetchone() is not None
+    for run, keys, cursor in bulks:
+        # A row conflicting with an earlier one of the same statement is
+        # skipped, so the first row of each key inserted is the one stored.
+        new = {tuple(row) for row in await cursor.fetchall()}
+        for i, key in zip(run, keys, strict=True):
+            results[i] = key in new
+            new.discard(key)
     return results
+
+
+def _bulk_run(writes: Sequence[Write], start: int) -> list[int]:
+    """The indexes of the run of single bulk-able statements from ``start``."""
+    first = writes[start].statements
+    if len(first) != 1 or first[0].bulk is None:
+        return [start]
+    bulk = first[0].bulk
+    end = start + 1
+    while end < len(writes):
+        statements = writes[end].statements
+        if len(statements) != 1 or statements[0].bulk is not bulk:
+            break
+        end += 1
+    return list(range(start, end))
 
 
 class MessageStore:
