@@ -253,10 +253,13 @@ def blue_green(
 @dataclass(frozen=True)
 class CanaryPolicy:
     """10 % of the requests to the canary; promoted once it has answered
-    ``min_requests`` over at least ``min_seconds`` with an error rate (5xx and
-    requests without an answer) below ``max_error_rate``; rolled back as soon as
-    the rate reaches it over at least ``min_sample`` requests, when its check
-    fails, or when it is not UP within ``check_timeout``."""
+    ``min_requests`` over at least ``min_seconds`` with an error rate below
+    ``max_error_rate``; rolled back as soon as the rate reaches it over at least
+    ``min_sample`` requests, when its check fails, or when it is not UP within
+    ``check_timeout``. Errors: 5xx answers, requests without an answer, and 4xx
+    answers beyond the old version's 4xx rate over the same time (a canary
+    answering 401 to everyone must not pass, and Evolution never retries a 401;
+    a sender's own bad requests are refused by both versions alike)."""
 
     percent: float = 10.0
     max_error_rate: float = 0.02
@@ -320,16 +323,23 @@ def canary(
         proxy.wait_up(slot, timeout=policy.check_timeout)
     except AssertionError:
         return rollback(f"never passed its health check within {policy.check_timeout:.0f}s")
-    live_before = sum(proxy.stat(s).requests for s in fleet.live)
+    live_before = [proxy.stat(s) for s in fleet.live]
     proxy.set_weight(slot, weight)
     opened = time.monotonic()
     phase.event(f"canary at weight {weight} ({policy.percent:.0f}%)")
 
     def judged() -> str | None:
         now = proxy.stat(slot)
-        live = sum(proxy.stat(s).requests for s in fleet.live) - live_before
+        live_now = [proxy.stat(s) for s in fleet.live]
+        live = sum(s.requests for s in live_now) - sum(s.requests for s in live_before)
+        live_4xx = sum(s.responses["4xx"] for s in live_now) - sum(
+            s.responses["4xx"] for s in live_before
+        )
         verdict.requests = requests = now.requests - before.requests
-        verdict.errors = errors = now.errors - before.errors
+        canary_4xx = now.responses["4xx"] - before.responses["4xx"]
+        expected_4xx = live_4xx / live * requests if live else 0.0
+        excess_4xx = max(0, canary_4xx - math.ceil(expected_4xx))
+        verdict.errors = errors = now.errors - before.errors + excess_4xx
         verdict.observed_s = time.monotonic() - opened
         verdict.observed_share = requests / (requests + live) if requests + live else None
         if not now.up:
