@@ -24,7 +24,7 @@ import json
 import re
 import time
 import urllib.parse
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -81,6 +81,7 @@ class Accounted:
     received_spans: dict[str, int] = field(default_factory=dict)
     received_logs: int = 0
     seconds_to_arrive: float = 0.0
+    missing_logs: dict[str, int] = field(default_factory=dict)
 
     @property
     def lost_spans(self) -> int:
@@ -102,18 +103,19 @@ class Accounted:
             "expected_logs": self.expected_logs,
             "received_logs": self.received_logs,
             "lost_logs": self.lost_logs,
+            "missing_logs": self.missing_logs,
             "seconds_to_arrive": round(self.seconds_to_arrive, 1),
         }
 
 
-def stdout_log_records(proc: Process) -> int:
-    """Log records a service wrote to stdout (JSON lines), less the SDK's own
-    (kept out of OTLP on purpose)."""
-    n = 0
-    for record in proc.json_logs():
-        if not str(record.get("logger", "")).startswith("opentelemetry"):
-            n += 1
-    return n
+def stdout_log_records(proc: Process) -> Counter[str]:
+    """Log records a service wrote to stdout (JSON lines), by message, less the
+    SDK's own (kept out of OTLP on purpose)."""
+    return Counter(
+        str(record.get("message", ""))
+        for record in proc.json_logs()
+        if not str(record.get("logger", "")).startswith("opentelemetry")
+    )
 
 
 class TelemetryBackend:
@@ -184,14 +186,16 @@ class TelemetryBackend:
         service: str,
         tag: str,
         expected_spans: Mapping[str, int],
-        expected_logs: int,
+        expected_logs: Counter[str],
         *,
         timeout: float = 60.0,
         settle: float = 8.0,
     ) -> Accounted:
-        """Wait until what arrived for ``tag`` matches what was expected, or has
-        not changed for ``settle`` seconds (bounded by ``timeout``), and record it."""
-        acc = Accounted(service, tag, dict(expected_spans), expected_logs)
+        """Wait until what arrived for ``tag`` matches what was expected (spans
+        by kind, log records as written to stdout), or has not changed for
+        ``settle`` seconds (bounded by ``timeout``), and record it; log records
+        missing are named by their message."""
+        acc = Accounted(service, tag, dict(expected_spans), sum(expected_logs.values()))
         started = time.monotonic()
         last: tuple[Any, ...] | None = None
         last_change = started
@@ -213,8 +217,20 @@ class TelemetryBackend:
                 break
             time.sleep(0.5)  # polling interval, not synchronisation
         acc.seconds_to_arrive = time.monotonic() - started
+        if acc.lost_logs:
+            with suppress(OSError, ValueError, KeyError):
+                arrived = self.log_messages(tag)
+                acc.missing_logs = dict((expected_logs - arrived).most_common(10))
         self.accounted.append(acc)
         return acc
+
+    def log_messages(self, tag: str) -> Counter[str]:
+        """VictoriaLogs' records of ``tag``, counted by message."""
+        query = f'_stream:{{deployment.environment.name="{tag}"}} | stats by (_msg) count() as n'
+        body = urllib.parse.urlencode({"query": query}).encode()
+        text = http_text(f"{self.victorialogs.url}/select/logsql/query", body)
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return Counter({str(r["_msg"]): int(r["n"]) for r in rows})
 
     def summary(self) -> dict[str, Any]:
         expected_spans = sum(sum(a.expected_spans.values()) for a in self.accounted)
