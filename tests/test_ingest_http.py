@@ -199,11 +199,13 @@ def test_health_and_ready_report_their_checks(ingest: Stack) -> None:
 
 
 def test_chunked_oversized_body_is_refused_before_the_rest_is_read(stack: Stack) -> None:
-    """413 arrives while the client is still sending: the server stops reading at the cap."""
+    """413 arrives while the client is still sending: the server stops reading at
+    the cap (the largest body it ever reads: the media cap, as only a media
+    message's body may exceed MAX_BODY_BYTES; both set to the cap here)."""
     import socket
 
     cap = 64 * 1024
-    stack.start_ingest(MAX_BODY_BYTES=str(cap))
+    stack.start_ingest(MAX_BODY_BYTES=str(cap), INGEST_MAX_MEDIA_BODY_BYTES=str(cap))
     chunk = b"x" * 16384
     with socket.create_connection(("127.0.0.1", stack.ingest_port or 0), timeout=10) as sock:
         sock.sendall(

@@ -147,7 +147,8 @@ def test_unknown_instance_without_default_is_stored_unresolved(
     assert row["resolved_instance"] is None
     assert row["organization_id"] is None
     assert row["instance_id"] is None
-    assert row["raw_payload"] == body
+    # Kept whole but for the credential ingest strips from every envelope.
+    assert row["raw_payload"] == {k: v for k, v in body.items() if k != "apikey"}
     wait_counted(stack, {"unresolved": 1})
 
 

@@ -6,14 +6,19 @@ import subprocess
 
 import pytest
 
+from tests.support.stack.env import CONTENT_KEYS
 from tests.support.stack.services import run_cli
 
-REQUIRED = ("REDIS_URL", "DATABASE_URL", "WEBHOOK_SECRET")
+REQUIRED = ("REDIS_URL", "DATABASE_URL", "WEBHOOK_SECRET", "MESSAGE_ENCRYPTION_KEYS")
 
 
-def run(program: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``program`` with only ``env`` of the required settings."""
-    return run_cli(program, env=env, drop=REQUIRED, timeout=60)
+def run(
+    program: str, env: dict[str, str], *, keys: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``program`` with only ``env`` of the required settings (and the content
+    keys unless ``keys`` is False)."""
+    extra = {"MESSAGE_ENCRYPTION_KEYS": CONTENT_KEYS} if keys else {}
+    return run_cli(program, env={**extra, **env}, drop=REQUIRED, timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -42,6 +47,21 @@ def test_ingest_without_any_webhook_authentication_fails_naming_the_setting() ->
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("ingest: configuration error: invalid setting(s)")
     assert "no webhook authentication configured: set WEBHOOK_SECRET" in line
+
+
+@pytest.mark.parametrize("program", ["ingest", "worker"])
+def test_without_content_keys_outside_development_fails_naming_the_setting(program: str) -> None:
+    env = {
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "DATABASE_URL": "postgresql://127.0.0.1:1/x",
+        "WEBHOOK_SECRET": "s" * 32,
+        "APP_ENV": "production",
+    }
+    result = run(program, env, keys=False)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"{program}: configuration error: invalid setting(s)"), line
+    assert "MESSAGE_ENCRYPTION_KEYS is required outside development" in line
 
 
 @pytest.mark.parametrize(
