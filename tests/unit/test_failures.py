@@ -37,6 +37,15 @@ def pg_error(dsn: str, sql: str) -> psycopg.Error:
         ("CREATE TABLE u (v int UNIQUE); INSERT INTO u VALUES (1), (1)", "permanent", "23505"),
         ("SELECT * FROM no_such_table", "transient", "42P01"),  # not migrated yet
         ("SELECT no_such_column FROM pg_class", "transient", "42703"),  # schema behind the code
+        ("SELECT * FROM no_such_schema.t", "transient", "42P01"),  # nothing migrated at all
+        ("SELECT no_such_schema.f()", "transient", "3F000"),  # (a function of it)
+        ("SELECT pg_catalog.no_such_function()", "transient", "42883"),  # migration missing
+        ("SELECT 'x'::no_such_type", "transient", "42704"),
+        (  # a role without its grants
+            "CREATE ROLE r_nogrant; CREATE TABLE g (v int); SET ROLE r_nogrant; SELECT * FROM g",
+            "transient",
+            "42501",
+        ),
         ("SELEC 1", "permanent", "42601"),
         ("DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '08006'; END $$", "transient", "08006"),
         ("DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '40001'; END $$", "transient", "40001"),

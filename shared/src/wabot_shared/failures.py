@@ -6,9 +6,10 @@ once made one oversized message stop all storage, retried forever as if the
 database were down. The SQLSTATE (and, for Redis and HTTP, the reply) says
 which it is:
 
-* **transient**: the dependency is unavailable or overloaded, and the same
-  attempt will succeed later (connection, insufficient resources, operator
-  intervention, serialization failure, deadlock, timeouts, 5xx/429);
+* **transient**: the dependency is unavailable or overloaded, or not yet
+  migrated, and the same attempt will succeed later (connection, insufficient
+  resources, operator intervention, serialization failure, deadlock, missing
+  schema objects or grants, timeouts, 5xx/429);
 * **permanent**: this input fails every time (data exceptions, integrity,
   syntax or undefined objects, program limits, other 4xx, bugs).
 
@@ -39,12 +40,17 @@ _TRANSIENT_CODES: Final = frozenset(
         "40001",  # serialization_failure
         "40P01",  # deadlock_detected
         "55P03",  # lock_not_available
-        # undefined_table and undefined_column: the schema is older than the
-        # code (a worker started before `migrate`). Every message fails alike,
-        # which is an outage, not poison; /health reports it. Treated as
-        # permanent like the rest of class 42, they would dead-letter them all.
-        "42P01",
-        "42703",
+        # The database is older than (or set up differently from) the code: a
+        # worker started before `migrate`, or grants not applied. Every message
+        # fails alike, which is an outage, not poison; /health reports it.
+        # Treated as permanent like the rest of their classes, they would
+        # dead-letter every message.
+        "3F000",  # invalid_schema_name (nothing migrated at all)
+        "42P01",  # undefined_table
+        "42703",  # undefined_column
+        "42883",  # undefined_function (healthcare.put_media and the like)
+        "42704",  # undefined_object
+        "42501",  # insufficient_privilege (a role without its grants)
     }
 )
 # HTTP statuses worth retrying (the rest of 4xx never succeed unchanged).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 import urllib.error
@@ -86,6 +87,7 @@ def main() -> None:
         configure_logging(SERVICE_NAME, settings.log_level, stream=sys.stderr)
         summary = asyncio.run(redrive(settings, args.count, args.ids))
         print(f"re-drove {summary['redriven']} message(s) to {settings.stream_name}")
+        print(json.dumps(summary, sort_keys=True))  # as `wabot redrive` prints it
         raise SystemExit(0)
     version = package_version("wabot-worker")
     otel = setup_telemetry(SERVICE_NAME, version, settings.app_env)
