@@ -85,8 +85,9 @@ def otlp_sink() -> Iterator[OtlpSink]:
         yield sink
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def evolution_stub() -> Iterator[EvolutionStub]:
+    """A fresh stub per test: what it recorded is that test's requests only."""
     with EvolutionStub() as stub:
         yield stub
 

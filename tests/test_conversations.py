@@ -109,8 +109,14 @@ def test_per_chat_order_holds_across_workers_a_new_one_and_a_crash(
             assert later["start"] >= earlier["end"], (
                 f"two calls of {chat} overlapped: {earlier} {later}"
             )
-    # The third worker took its share of the partitions (and the dead one's).
-    assert messages(third, "took over partitions")
+    # The third worker takes its share of the partitions (and the dead one's).
+    # On a starved machine it may boot after the others drained everything, so
+    # this is the rebalance that follows, polled for, not a race with the drain.
+    wait_for(
+        lambda: bool(messages(third, "took over partitions")),
+        timeout=30,
+        what="the third worker taking over partitions",
+    )
     assert len({c["pid"] for c in calls}) >= 2
     assert len(calls) >= total  # at least once; a crash may repeat one
 

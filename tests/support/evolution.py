@@ -29,6 +29,17 @@ class EvolutionStub(HttpStub):
         self._fail_until = 0.0
         self._fail_status = 503
         self._retry_after: str | None = None
+        # Set unless a test holds the answers back (see :meth:`hold`).
+        self._answering = threading.Event()
+        self._answering.set()
+
+    def hold(self) -> None:
+        """Keep every answer back until :meth:`answer` (a send in flight)."""
+        self._answering.clear()
+
+    def answer(self) -> None:
+        """Let held and later requests be answered."""
+        self._answering.set()
 
     def fail_for(self, seconds: float, status: int = 503, retry_after: float | None = None) -> None:
         """Answer ``status`` (with ``Retry-After``) for the next ``seconds``."""
@@ -38,6 +49,7 @@ class EvolutionStub(HttpStub):
             self._retry_after = None if retry_after is None else f"{retry_after:g}"
 
     def handle(self, path: str, headers: Mapping[str, str], body: bytes) -> tuple[Any, ...]:
+        assert self._answering.wait(timeout=30), "a held request was never answered"
         request = {
             "path": path,
             "headers": dict(headers),

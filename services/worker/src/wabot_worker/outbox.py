@@ -120,6 +120,9 @@ class ReplySender:
         self.settings = settings
         self.wakeup = asyncio.Event()
         self._sending: set[tuple[str, str]] = set()
+        # Chats whose attempt ended while a heads query ran: that query's row
+        # for them is stale (sent, or put back with a backoff) and is skipped.
+        self._settled: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
@@ -149,13 +152,14 @@ class ReplySender:
         room = self.settings.concurrency - len(self._tasks)
         if not partitions or room <= 0:
             return
-        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(_HEADS, (partitions, room + len(self._sending)))
-            heads = await cursor.fetchall()
+        self._settled.clear()
+        heads = await self._heads(partitions, room + len(self._sending))
         now = datetime.now(UTC)
         for head in heads:
             chat = (head["instance_name"], head["remote_jid"])
-            if chat in self._sending or head["next_attempt_at"] > now or room <= 0:
+            if chat in self._sending or chat in self._settled:
+                continue
+            if head["next_attempt_at"] > now or room <= 0:
                 continue
             room -= 1
             self._sending.add(chat)
@@ -163,11 +167,17 @@ class ReplySender:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    async def _heads(self, partitions: list[int], limit: int) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(_HEADS, (partitions, limit))
+            return await cursor.fetchall()
+
     async def _chat(self, chat: tuple[str, str], head: dict[str, Any]) -> None:
         try:
             sent = await self._send(head)
         finally:
             self._sending.discard(chat)
+            self._settled.add(chat)
         if sent:
             self.wake()  # the chat's next reply, if any, right away
 
