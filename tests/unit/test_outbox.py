@@ -80,6 +80,8 @@ def test_a_reply_sent_during_a_heads_query_is_not_sent_again(
         try:
             evolution_stub.hold()
             await sender._round()  # reply 1 goes out and waits for its answer
+            first = set(sender._tasks)
+            assert len(first) == 1
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 10
             sender.gate, sender.queried = asyncio.Event(), asyncio.Event()
@@ -87,8 +89,7 @@ def test_a_reply_sent_during_a_heads_query_is_not_sent_again(
             second = asyncio.create_task(sender._round())
             await asyncio.wait_for(sender.queried.wait(), 10)
             evolution_stub.answer()
-            while statuses(db_dsn)[0][1] != "sent" and loop.time() < deadline:
-                await asyncio.sleep(0.01)  # polling the database, bounded
+            await asyncio.wait_for(asyncio.gather(*first), 10)  # reply 1 answered and marked
             assert statuses(db_dsn)[0][1] == "sent", statuses(db_dsn)
             sender.gate.set()
             await second
