@@ -22,9 +22,10 @@ import time
 from wabot_shared.failures import classify
 from wabot_shared.queue import StreamEntry, StreamQueue
 from wabot_worker.assignment import Assignment
+from wabot_worker.entries import decode
 from wabot_worker.faults import Faults
-from wabot_worker.pipeline import Pipeline, RoundResult, decode
-from wabot_worker.scheduler import ChatQueue, Scheduler, Work
+from wabot_worker.pipeline import Pipeline
+from wabot_worker.scheduler import ChatQueue, RoundResult, Scheduler, Work
 from wabot_worker.settings import WorkerSettings
 from wabot_worker.telemetry import WorkerTelemetry
 

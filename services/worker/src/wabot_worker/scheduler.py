@@ -50,6 +50,14 @@ class ChatQueue:
         return self.taken > 0
 
 
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    """How many head entries are done, and when to retry the next one."""
+
+    completed: int
+    retry_at: float | None = None
+
+
 class Scheduler:
     """Tracks every chat with entries in this worker."""
 
