@@ -32,7 +32,7 @@ def event(body: dict[str, Any]) -> Any:
     return found
 
 
-def write_of(body: dict[str, Any], stream_id: str) -> Write:
+def write_of(body: dict[str, Any], stream_id: str, keyring: Keyring | None = KEYRING) -> Write:
     ev = event(body)
     span = TRACER.start_span("process")
     ctx = Context(
@@ -40,13 +40,13 @@ def write_of(body: dict[str, Any], stream_id: str) -> Write:
         received_at=datetime.now(UTC),
         span=span,
         resolution=Resolution("unresolved"),
-        keyring=KEYRING,
+        keyring=keyring,
     )
     if isinstance(ev, Receipt):
         return receipt_write(ctx, ev)
     assert isinstance(ev, Message)
     content = seal_row(
-        KEYRING,
+        keyring,
         (ev.instance, ev.remote_jid, ev.from_me, ev.message_id),
         ev.text,
         ev.push_name,
@@ -182,3 +182,47 @@ def test_a_bad_row_fails_only_its_own_round(
     assert bad.failure.code == "22023"
     assert good == Written([True, True, True])
     assert sorted(r[0] for r in stored(db_dsn)) == ["G0", "G1", "G2", "OK1"]
+
+
+TRICKY = [
+    'quotes " and \\ backslashes \\" and {"json": [1, 2]} inside',
+    "emoji \U0001f9d1\u200d\u2695\ufe0f, accents ção, RTL \u05e9\u05dc\u05d5\u05dd",
+    "line\nbreaks\r\n\t and \u2028 separators, a replacement \ufffd",
+    "",
+]
+
+
+def test_a_batch_stores_every_value_as_a_single_row_insert_does(
+    db_dsn: str, samples: dict[str, dict[str, Any]]
+) -> None:
+    # Unsealed, so the text columns themselves show what the JSON row transport did.
+    text = samples["messages-upsert-text"]
+    bodies = []
+    for i, tricky in enumerate(TRICKY):
+        body = upsert(text, message_id=f"T{i}")
+        body["data"]["message"] = {"conversation": tricky}
+        body["data"]["pushName"] = tricky or None
+        body["data"]["messageTimestamp"] = 1733000000 + i
+        bodies.append(body)
+    alone = store_rounds(db_dsn, [[write_of(bodies[0], "1-0", keyring=None)]])
+    batch = store_rounds(
+        db_dsn, [[write_of(b, f"2-{i}", keyring=None) for i, b in enumerate(bodies[1:])]]
+    )
+    assert alone[0].inserted == [True]
+    assert batch[0].inserted == [True] * (len(TRICKY) - 1)
+    with psycopg.connect(db_dsn) as conn:
+        rows = conn.execute(
+            "SELECT message_id, text_body, push_name, raw_payload, message_timestamp,"
+            " from_me, parse_issues, received_at IS NOT NULL"
+            " FROM healthcare.whatsapp_messages ORDER BY id"
+        ).fetchall()
+    assert [r[0] for r in rows] == [f"T{i}" for i in range(len(TRICKY))]
+    for body, row in zip(bodies, rows, strict=True):
+        ev = event(body)
+        assert row[1] == ev.text, row
+        assert row[2] == ev.push_name, row
+        assert row[3] == json.loads(json.dumps(body)), row  # the payload as received
+        assert row[4] == ev.timestamp, row
+        assert row[5] is ev.from_me, row
+        assert row[6] == sorted(ev.issues), row
+        assert row[7], row

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from opentelemetry import trace
 from opentelemetry.semconv.attributes import db_attributes as db
 from opentelemetry.util.types import AttributeValue
@@ -89,8 +90,9 @@ async def probe_schema(conn: AsyncConnection[TupleRow]) -> None:
 @dataclass(frozen=True, slots=True)
 class Bulk:
     """How consecutive single-row inserts of one kind become one statement:
-    ``sql`` takes one array per column (the rows transposed) and returns the
-    ``key`` columns of the rows it inserted, the first ``key`` values of a row."""
+    ``sql`` takes the rows as one JSON array of arrays (each row's values in
+    the single-row statement's order) and returns the ``key`` columns of the
+    rows it inserted, the first ``key`` values of a row."""
 
     sql: str
     key: int
@@ -150,8 +152,7 @@ async def _execute(conn: AsyncConnection[TupleRow], writes: Sequence[Write]) -> 
                 bulk = writes[index].statements[0].bulk
                 assert bulk is not None
                 rows = [tuple(writes[i].statements[0].params) for i in run]
-                columns = [list(column) for column in zip(*rows, strict=True)]
-                cursor = await conn.execute(bulk.sql, columns)
+                cursor = await conn.execute(bulk.sql, (orjson.dumps(rows).decode(),))
                 bulks.append((run, [row[: bulk.key] for row in rows], cursor))
                 index += len(run)
                 continue

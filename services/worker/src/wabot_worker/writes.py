@@ -38,9 +38,9 @@ _INSERT_MESSAGE = (
     f"INSERT INTO {TABLE} ({', '.join(MESSAGE_COLUMNS)}) VALUES ({_VALUES})"
     " ON CONFLICT (instance_name, remote_jid, from_me, message_id) DO NOTHING RETURNING id"
 )
-# Many messages as one statement (the rows transposed into column arrays):
-# psycopg dumps 24 arrays instead of 24 values per row, and PostgreSQL plans
-# one INSERT per batch instead of one per message.
+# Many messages as one statement: the rows travel as one JSON array of
+# arrays (orjson, in C) and PostgreSQL takes them apart, instead of psycopg
+# dumping 24 arrays element by element in Python (about 50 µs a message).
 _COLUMN_TYPES = {
     "from_me": "boolean",
     "message_timestamp": "timestamptz",
@@ -49,24 +49,23 @@ _COLUMN_TYPES = {
     "organization_id": "uuid",
     "clinic_id": "uuid",
     "media_id": "uuid",
+    "raw_payload": "jsonb",
 }
 _IDENTITY = "instance_name, remote_jid, from_me, message_id"
 
 
-def _column_value(column: str) -> str:
-    if column == "raw_payload":
-        return "u.raw_payload::jsonb"
+def _column_value(index: int, column: str) -> str:
+    value = f"(u.r->>{index})"
     if column == "parse_issues":
-        return _ISSUES.format("u.parse_issues")
-    return f"u.{column}"
+        return _ISSUES.format(value)
+    kind = _COLUMN_TYPES.get(column)
+    return f"{value}::{kind}" if kind else value
 
 
 _BULK_MESSAGES = Bulk(
     f"INSERT INTO {TABLE} ({', '.join(MESSAGE_COLUMNS)})"
-    f" SELECT {', '.join(_column_value(c) for c in MESSAGE_COLUMNS)}"
-    " FROM unnest("
-    + ", ".join(f"%s::{_COLUMN_TYPES.get(c, 'text')}[]" for c in MESSAGE_COLUMNS)
-    + f") WITH ORDINALITY AS u({', '.join(MESSAGE_COLUMNS)}, ord) ORDER BY u.ord"
+    f" SELECT {', '.join(_column_value(i, c) for i, c in enumerate(MESSAGE_COLUMNS))}"
+    " FROM json_array_elements(%s::json) WITH ORDINALITY AS u(r, ord) ORDER BY u.ord"
     f" ON CONFLICT ({_IDENTITY}) DO NOTHING RETURNING {_IDENTITY}",
     key=4,
 )
