@@ -127,6 +127,18 @@ class Assignment:
         self.releasing -= partitions
 
     async def release_all(self) -> None:
-        """At shutdown: give everything up so the next owner need not wait."""
+        """At shutdown: give everything up so the next owner need not wait.
+
+        The worker lease goes first: the workers woken by the release must no
+        longer count this one, or they would take only a share meant for one
+        more worker and leave the rest free until a later tick.
+        """
+        try:
+            await self.leases.release_worker(self.consumer, self.token)
+        except Exception as exc:  # the partitions are released all the same
+            log.warning(
+                "could not drop the worker lease (%s); it expires on its own",
+                type(exc).__name__,
+                extra={"error.type": type(exc).__name__},
+            )
         await self.release(set(self.owned))
-        await self.leases.release_worker(self.consumer, self.token)
