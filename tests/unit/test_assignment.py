@@ -1,5 +1,6 @@
 """Partition hand-overs between workers, in-process against a real Redis:
-a departing worker drops its own lease before its partitions."""
+readiness waits for the first assignment tick, and a departing worker drops
+its own lease before its partitions."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tests.support.stack.servers import RedisServer
 from wabot_shared import queue as q
 from wabot_shared.leases import Leases
 from wabot_worker.assignment import Assignment
+from wabot_worker.health import assignment_check
 
 PARTITIONS = 4
 TTL_MS = 60_000  # a periodic tick every 15 s: longer than any wait below
@@ -28,6 +30,35 @@ async def deadline_poll(what: str, done: Any, timeout: float) -> float:
         assert loop.time() - started < timeout, f"{what}: not within {timeout}s"
         await asyncio.sleep(0.01)
     return loop.time() - started
+
+
+def test_not_ready_before_the_first_tick_then_ready_even_owning_nothing(
+    redis_server: RedisServer,
+) -> None:
+    async def main() -> None:
+        client = q.connect(redis_server.url)
+        leases = Leases(client, "unit:" + uuid.uuid4().hex[:8])
+        try:
+            first, second = assignment(leases, "w-1"), assignment(leases, "w-2")
+            check = assignment_check(second)
+            assert not second.ready()
+            assert (await check())["status"] == "fail"
+            await first.tick()
+            assert first.owned == set(range(PARTITIONS))
+            # Joining while another worker holds every partition: nothing to
+            # take yet, but counted (its share is given up at the other's next
+            # tick), which is what readiness means.
+            await second.tick()
+            assert second.owned == set()
+            assert second.ready()
+            result = await check()
+            assert result["status"] == "pass"
+            assert result["partitions"] == 0
+            assert result["live_workers"] == 2
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
 
 
 def test_a_departing_worker_drops_its_lease_before_its_partitions(

@@ -50,6 +50,21 @@ class Assignment:
     live_workers: int = 1
     # Until when (monotonic) the leases last renewed are surely still ours.
     valid_until: float = 0.0
+    # Completed ticks (readiness: see ``ready``).
+    ticks: int = 0
+
+    def ready(self) -> bool:
+        """Whether this worker takes part in the assignment yet.
+
+        True once one tick has completed: the heartbeat is renewed, the live
+        workers were counted and the free partitions (up to the fair share)
+        were taken. It may own no partition then: a worker that joins while
+        the others hold every partition takes nothing at first, yet it is
+        counted, so their next tick gives its share up. Waiting for a
+        partition instead would keep a worker that is one too many (more
+        workers than partitions) unready for ever.
+        """
+        return self.ticks > 0
 
     def fresh(self) -> bool:
         """Whether a round may start: the leases cannot have expired meanwhile."""
@@ -111,6 +126,7 @@ class Assignment:
                 "took over partitions",
                 extra={"partitions": sorted(gained), "live_workers": self.live_workers},
             )
+        self.ticks += 1
         return lost, gained
 
     def claimed(self, partition: int) -> None:

@@ -1,7 +1,18 @@
 """A minimal HTTP server for the worker's ``/health`` (no framework needed).
 
-Healthy means: the consumer loop made progress recently, Redis answers PING and
-PostgreSQL answers a query. Anything else is 503 with the failing checks.
+Healthy means: the consumer loop made progress recently, Redis answers PING,
+PostgreSQL answers a query, and the worker has completed its first partition
+assignment tick. Anything else is 503 with the failing checks.
+
+There is one check, used both as readiness (a rolling deploy waits for it
+before it stops the next old worker) and as liveness (``worker --check``,
+Fly's machine check). The assignment part is why it doubles as readiness: a
+worker that answered 200 before its first tick would not yet be counted by
+the others nor own anything, so the deploy would stop the last running worker
+with nobody ready to take its partitions. After the first tick it is
+counted, holds a heartbeat, and took the free partitions up to its fair share
+(possibly none, if the others hold them all: they give its share up at their
+next tick; see :meth:`Assignment.ready`).
 """
 
 from __future__ import annotations
@@ -10,12 +21,29 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wabot_worker.assignment import Assignment
 
 log = logging.getLogger("wabot.worker.health")
 
 HealthFn = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
+def assignment_check(assignment: Assignment) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """The readiness part of /health: fails until the first assignment tick."""
+
+    async def check() -> dict[str, Any]:
+        return {
+            "status": "pass" if assignment.ready() else "fail",
+            "ticks": assignment.ticks,
+            "partitions": len(assignment.owned),
+            "live_workers": assignment.live_workers,
+        }
+
+    return check
 
 
 class HealthServer:

@@ -34,7 +34,7 @@ from wabot_worker.consumer import Consumer
 from wabot_worker.faults import Faults
 from wabot_worker.handler import Handler, resolve_handler
 from wabot_worker.handling import Handling
-from wabot_worker.health import HealthServer
+from wabot_worker.health import HealthServer, assignment_check
 from wabot_worker.instances import InstanceResolver, listen_for_changes
 from wabot_worker.maintenance import Maintenance
 from wabot_worker.outbox import ReplySender, SenderSettings
@@ -366,7 +366,8 @@ class Worker:
             await probe_schema(conn)
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
-        """Loops alive, Redis and the migrated database answer, and no stall."""
+        """Loops alive, Redis and the migrated database answer, no stall, and
+        the first assignment tick done (see :func:`assignment_check`)."""
         consumer = self.consumer
         assert consumer is not None
         s = self.settings
@@ -396,5 +397,6 @@ class Worker:
                     "progress": progress_check,
                     "redis": lambda: health_check(self.redis, s.redis_allow_eviction),
                     "postgres": self._postgres_check,
+                    "assignment": assignment_check(self.assignment),
                 }
             )
