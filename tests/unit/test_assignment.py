@@ -1,6 +1,7 @@
 """Partition hand-overs between workers, in-process against a real Redis:
-readiness waits for the first assignment tick, and a departing worker drops
-its own lease before its partitions."""
+readiness waits for the first assignment tick, a departing worker drops its
+own lease before its partitions, and a release wakes the other workers at once
+instead of at their next periodic tick."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import asyncio
 import uuid
 from typing import Any
 
+from tests.support.stack.env import CONTENT_KEYS
 from tests.support.stack.servers import RedisServer
+from tests.support.telemetry import InMemoryTelemetry
 from wabot_shared import queue as q
 from wabot_shared.leases import Leases
 from wabot_worker.assignment import Assignment
 from wabot_worker.health import assignment_check
+from wabot_worker.settings import WorkerSettings
+from wabot_worker.worker import Worker
 
 PARTITIONS = 4
 TTL_MS = 60_000  # a periodic tick every 15 s: longer than any wait below
@@ -95,3 +100,81 @@ def test_a_departing_worker_drops_its_lease_before_its_partitions(
             await client.aclose()
 
     asyncio.run(main())
+
+
+def settings(redis_server: RedisServer, dsn: str, stream: str, consumer: str) -> WorkerSettings:
+    return WorkerSettings(
+        app_env="test",
+        redis_url=redis_server.url,
+        database_url=dsn,
+        stream_name=stream,
+        stream_partitions=PARTITIONS,
+        consumer_name=consumer,
+        health_host="127.0.0.1",
+        health_port=0,
+        block_ms=50,
+        stats_interval=0.2,
+        partition_lease_ms=TTL_MS,
+        shutdown_timeout=5,
+        message_encryption_keys=CONTENT_KEYS,
+    )
+
+
+def test_released_partitions_are_taken_at_once_not_at_the_next_tick(
+    redis_server: RedisServer, db_dsn: str, telemetry: InMemoryTelemetry
+) -> None:
+    """The rolling deploy's hand-over: the old worker stops once the new one is
+    ready; the new one takes everything long before its periodic tick (15 s
+    away), so only the release's wake can explain it."""
+    stream = "unit:" + uuid.uuid4().hex[:8]
+
+    async def main() -> float:
+        old = Worker(settings(redis_server, db_dsn, stream, "w-old"), "test")
+        old_task = asyncio.create_task(old.serve())
+        new = Worker(settings(redis_server, db_dsn, stream, "w-new"), "test")
+        new_task: asyncio.Task[int] | None = None
+        try:
+            await deadline_poll(
+                "old worker owns every partition",
+                lambda: hasattr(old, "assignment") and len(old.assignment.owned) == PARTITIONS,
+                20,
+            )
+            new_task = asyncio.create_task(new.serve())
+            await deadline_poll(
+                "new worker ready",
+                lambda: hasattr(new, "assignment") and new.assignment.ready(),
+                20,
+            )
+            healthy, body = await new.health()
+            assert healthy, body
+            # (It may own two already if the old worker's rebalance ran.)
+            assert body["checks"]["assignment"]["status"] == "pass"
+            # Let the new worker settle into its 15 s wait: its first tick and
+            # the one it runs once subscribed (covering releases announced
+            # before) are done, and nothing else is due.
+            await deadline_poll(
+                "new worker idle",
+                lambda: new.assignment.ticks >= 2 and not new.assignment.wakeup.is_set(),
+                20,
+            )
+            ticks = new.assignment.ticks
+
+            old.shutdown_signal.request("test")
+            assert await asyncio.wait_for(old_task, 20) == 0
+            took = await deadline_poll(
+                "new worker takes the released partitions",
+                lambda: new.assignment.owned == set(range(PARTITIONS)),
+                5,
+            )
+            assert new.assignment.ticks > ticks
+            assert new.assignment.live_workers == 1
+            return took
+        finally:
+            old.shutdown_signal.request("test")
+            new.shutdown_signal.request("test")
+            await asyncio.wait_for(old_task, 20)
+            if new_task is not None:
+                await asyncio.wait_for(new_task, 20)
+
+    took = asyncio.run(main())
+    assert took < 5  # the periodic tick is 15 s away

@@ -5,13 +5,19 @@ A lease is a key holding its owner's random token with a TTL; only the owner
 renews or releases it (compare-and-set in a Lua script, one round trip for all
 of a worker's partitions). A worker that dies stops renewing, and its leases
 expire after their TTL; a worker that stops cleanly releases them at once.
+
+A release is also announced on a pub/sub channel (:meth:`Leases.announce_release`),
+so the other workers can look for free partitions at once; the announcement is
+only a hint (a missed one costs a periodic tick), the keys decide who owns what.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 
 from wabot_shared import names
 
@@ -60,6 +66,7 @@ class Leases:
         self.client = client
         self.worker_prefix = stream + names.WORKER_KEY_INFIX
         self.lease_prefix = stream + names.LEASE_KEY_INFIX
+        self.releases_channel = stream + names.RELEASES_CHANNEL_SUFFIX
         self._renew = client.register_script(_RENEW)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
@@ -115,6 +122,20 @@ class Leases:
         if not keys:
             return 0
         return int(await self._release(keys=keys, args=[token]))
+
+    async def announce_release(self, token: str) -> None:
+        """Tell the other workers that ``token`` just gave partitions up."""
+        await self.client.publish(self.releases_channel, token)
+
+    @contextlib.asynccontextmanager
+    async def releases(self) -> AsyncIterator[PubSub]:
+        """A subscription to :meth:`announce_release` messages, closed on exit."""
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.releases_channel)
+            yield pubsub
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
 
     async def partition_owners(self, partitions: int) -> list[str | None]:
         """The token holding each partition (None when free)."""

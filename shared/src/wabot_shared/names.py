@@ -24,6 +24,10 @@ FAILURES_SUFFIX: Final = ":failures"
 WORKER_KEY_INFIX: Final = ":workers:"
 # One TTL key per partition, holding the token of the worker that owns it.
 LEASE_KEY_INFIX: Final = ":leases:"
+# Pub/sub channel (`<stream>:lease-releases`): a worker that gives partitions up
+# publishes its token there, so the others take them at once instead of at
+# their next periodic tick. A hint only: the lease keys stay the truth.
+RELEASES_CHANNEL_SUFFIX: Final = ":lease-releases"
 
 
 def partition_stream(stream: str, partition: int) -> str:

@@ -12,7 +12,7 @@ the others nor own anything, so the deploy would stop the last running worker
 with nobody ready to take its partitions. After the first tick it is
 counted, holds a heartbeat, and took the free partitions up to its fair share
 (possibly none, if the others hold them all: they give its share up at their
-next tick; see :meth:`Assignment.ready`).
+next tick, and their release wakes it; see :meth:`Assignment.ready`).
 """
 
 from __future__ import annotations

@@ -181,6 +181,7 @@ class Worker:
         self._spawn("store", store.run())
         self._spawn("acker", acker.run())
         self._spawn("assignment", self._assignment_loop())
+        self._spawn("releases", self.assignment.watch_releases(self.stop))
         self._spawn("reader", self.consumer.read_loop(self.stop))
         self._spawn("dispatcher", self.consumer.dispatch_loop(self.stop))
         self._spawn("maintenance", self.maintenance.run(self.stop))
@@ -265,7 +266,7 @@ class Worker:
         for name in ("store", "acker"):
             await self._finish_task(name, timeout=1.0)
         await self._finish_task("replies", timeout=2.0)
-        for name in ("assignment", "maintenance", "instances"):
+        for name in ("assignment", "releases", "maintenance", "instances"):
             await self._finish_task(name, timeout=0.0)
         if consumer is not None:
             with contextlib.suppress(Exception), suppress_instrumentation():
@@ -302,8 +303,7 @@ class Worker:
         while not self.stop.is_set():
             ok = await self.maintenance.step("partition leases", self._rebalance)
             self.telemetry.partitions_owned = len(self.assignment.owned)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), interval if ok else min(interval, 1.0))
+            await self.assignment.wait_next_tick(interval if ok else min(interval, 1.0), self.stop)
 
     async def _rebalance(self) -> None:
         consumer = self.consumer
