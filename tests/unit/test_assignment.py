@@ -9,7 +9,11 @@ import asyncio
 import uuid
 from typing import Any
 
+import psycopg
+
+from tests.support.messages import stream_entry, upsert
 from tests.support.stack.env import CONTENT_KEYS
+from tests.support.stack.queue import QueueView
 from tests.support.stack.servers import RedisServer
 from tests.support.telemetry import InMemoryTelemetry
 from wabot_shared import queue as q
@@ -178,3 +182,66 @@ def test_released_partitions_are_taken_at_once_not_at_the_next_tick(
 
     took = asyncio.run(main())
     assert took < 5  # the periodic tick is 15 s away
+
+
+def test_a_worker_reads_the_partitions_it_takes_over_at_once(
+    redis_server: RedisServer,
+    db_dsn: str,
+    telemetry: InMemoryTelemetry,
+    samples: dict[str, dict[str, Any]],
+) -> None:
+    """A worker that joined owning nothing idles for a read period (here 10 s)
+    between looks at its partitions; taking some over ends that wait (found:
+    the rolling deploy paused commits for up to that second after the hand-over)."""
+    stream = "unit:" + uuid.uuid4().hex[:8]
+    idle = settings(redis_server, db_dsn, stream, "w-new").model_copy(update={"block_ms": 10_000})
+    body = upsert(samples["messages-upsert-text"], message_id="after-hand-over")
+
+    async def main() -> float:
+        old = Worker(settings(redis_server, db_dsn, stream, "w-old"), "test")
+        old_task = asyncio.create_task(old.serve())
+        new = Worker(idle, "test")
+        new_task: asyncio.Task[int] | None = None
+        try:
+            await deadline_poll(
+                "old worker owns every partition",
+                lambda: hasattr(old, "assignment") and len(old.assignment.owned) == PARTITIONS,
+                20,
+            )
+            new_task = asyncio.create_task(new.serve())
+            await deadline_poll(
+                "new worker ready, owning nothing",
+                lambda: hasattr(new, "assignment") and new.assignment.ready(),
+                20,
+            )
+            old.shutdown_signal.request("test")
+            assert await asyncio.wait_for(old_task, 20) == 0
+            await deadline_poll(
+                "new worker takes the released partitions",
+                lambda: new.assignment.owned == set(range(PARTITIONS)),
+                5,
+            )
+            partition, fields = stream_entry(body, PARTITIONS, idle.keyring())
+            QueueView.at(redis_server.url, stream, PARTITIONS).xadd(fields, partition)
+            return await deadline_poll(
+                "the message after the hand-over stored",
+                lambda: stored(db_dsn, "after-hand-over"),
+                9,
+            )
+        finally:
+            old.shutdown_signal.request("test")
+            new.shutdown_signal.request("test")
+            await asyncio.wait_for(old_task, 20)
+            if new_task is not None:
+                await asyncio.wait_for(new_task, 20)
+
+    took = asyncio.run(main())
+    assert took < 3, f"stored {took:.1f}s after the hand-over: the reader waited out its idle read"
+
+
+def stored(dsn: str, message_id: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT 1 FROM healthcare.whatsapp_messages WHERE message_id = %s", (message_id,)
+        ).fetchone()
+    return row is not None

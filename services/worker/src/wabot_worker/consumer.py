@@ -77,6 +77,9 @@ class Consumer:
         self.backoff = Backoff(settings.retry_backoff_initial, settings.retry_backoff_max)
         self.rounds: set[asyncio.Task[None]] = set()
         self.changed = asyncio.Event()  # something to dispatch, or room to read
+        # Partitions were taken over: a reader with none to read looks at once
+        # (a rolling deploy's hand-over), not after its idle wait.
+        self.gained = asyncio.Event()
         self.last_iteration = time.monotonic()
         self._claim_cursors: dict[int, str] = {}
         self._held: set[tuple[int, str]] = set()
@@ -134,7 +137,8 @@ class Consumer:
                     continue
                 readable = self.assignment.readable()
                 if not readable:
-                    await _wait(stop, block_s)
+                    self.gained.clear()
+                    await _wait(self.gained, block_s)
                     continue
                 entries = await self.queue.read_new(
                     self.consumer,
@@ -160,6 +164,11 @@ class Consumer:
                 self._accept(entries, set(self.assignment.readable()))
             self.drained = not entries and self.scheduler.size == 0 and not self.rounds
         log.info("consumer stopped reading", extra={"in_flight": len(self.rounds)})
+
+    def partitions_gained(self) -> None:
+        """Partitions were taken over: claim and read them now."""
+        self.gained.set()
+        self.changed.set()
 
     # --- dispatching -----------------------------------------------------------
     async def dispatch_loop(self, stop: asyncio.Event) -> None:

@@ -317,7 +317,7 @@ class Worker:
                 consumer.drop_partition(partition)
             await self.assignment.release(done)
         if gained:
-            consumer.changed.set()
+            consumer.partitions_gained()
 
     async def _claim_consumer_name(self, leases: Leases, name: str) -> str:
         """Make sure no other live process consumes under ``name``.
