@@ -226,6 +226,7 @@ def _run_bounded(name: str, step: Callable[[], Any], timeout: float) -> None:
 
 
 _SWITCH_INTERVAL_S = 0.0005
+_EXPORT_QUEUE_SIZE = 8192
 
 
 def setup_telemetry(service_name: str, service_version: str, environment: str) -> Telemetry:
@@ -246,6 +247,13 @@ def setup_telemetry(service_name: str, service_version: str, environment: str) -
     # out a slice at every await, and a message crosses a dozen of them.
     # Shorter slices cost a little throughput and take the export off the p99.
     sys.setswitchinterval(_SWITCH_INTERVAL_S)
+    # With shorter slices the event loop outruns the export thread for a while
+    # in a backlog drain (three spans a message at 1,000 messages/s): the SDK's
+    # 2,048-span queue overflowed by a few hundred spans per 20,000-message
+    # drain. A bounded 8,192 absorbs the bursts (a few MB while it is full);
+    # an operator's OTEL_BSP_/OTEL_BLRP_MAX_QUEUE_SIZE still wins.
+    for name in ("OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BLRP_MAX_QUEUE_SIZE"):
+        os.environ.setdefault(name, str(_EXPORT_QUEUE_SIZE))
     # No SDK atexit hooks: :meth:`Telemetry.shutdown` is the one, bounded flush.
     # The SDK's own hooks would run after it at interpreter exit and wait up to
     # 30 s per provider for an unreachable or black-holed endpoint.
