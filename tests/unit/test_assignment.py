@@ -6,7 +6,10 @@ instead of at their next periodic tick."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -124,6 +127,46 @@ def settings(redis_server: RedisServer, dsn: str, stream: str, consumer: str) ->
     )
 
 
+@dataclass
+class HandOver:
+    old: Worker
+    new: Worker
+    old_task: asyncio.Task[int]
+
+    async def stop_old(self) -> None:
+        self.old.shutdown_signal.request("test")
+        assert await asyncio.wait_for(self.old_task, 20) == 0
+
+
+@contextlib.asynccontextmanager
+async def handing_over(old_s: WorkerSettings, new_s: WorkerSettings) -> AsyncIterator[HandOver]:
+    """An old worker owning every partition and a new one ready beside it
+    (the rolling deploy's moment before the old one stops); both stopped after."""
+    old = Worker(old_s, "test")
+    old_task = asyncio.create_task(old.serve())
+    new = Worker(new_s, "test")
+    new_task: asyncio.Task[int] | None = None
+    try:
+        await deadline_poll(
+            "old worker owns every partition",
+            lambda: hasattr(old, "assignment") and len(old.assignment.owned) == PARTITIONS,
+            20,
+        )
+        new_task = asyncio.create_task(new.serve())
+        await deadline_poll(
+            "new worker ready",
+            lambda: hasattr(new, "assignment") and new.assignment.ready(),
+            20,
+        )
+        yield HandOver(old, new, old_task)
+    finally:
+        old.shutdown_signal.request("test")
+        new.shutdown_signal.request("test")
+        await asyncio.wait_for(old_task, 20)
+        if new_task is not None:
+            await asyncio.wait_for(new_task, 20)
+
+
 def test_released_partitions_are_taken_at_once_not_at_the_next_tick(
     redis_server: RedisServer, db_dsn: str, telemetry: InMemoryTelemetry
 ) -> None:
@@ -133,22 +176,11 @@ def test_released_partitions_are_taken_at_once_not_at_the_next_tick(
     stream = "unit:" + uuid.uuid4().hex[:8]
 
     async def main() -> float:
-        old = Worker(settings(redis_server, db_dsn, stream, "w-old"), "test")
-        old_task = asyncio.create_task(old.serve())
-        new = Worker(settings(redis_server, db_dsn, stream, "w-new"), "test")
-        new_task: asyncio.Task[int] | None = None
-        try:
-            await deadline_poll(
-                "old worker owns every partition",
-                lambda: hasattr(old, "assignment") and len(old.assignment.owned) == PARTITIONS,
-                20,
-            )
-            new_task = asyncio.create_task(new.serve())
-            await deadline_poll(
-                "new worker ready",
-                lambda: hasattr(new, "assignment") and new.assignment.ready(),
-                20,
-            )
+        async with handing_over(
+            settings(redis_server, db_dsn, stream, "w-old"),
+            settings(redis_server, db_dsn, stream, "w-new"),
+        ) as h:
+            new = h.new
             healthy, body = await new.health()
             assert healthy, body
             # (It may own two already if the old worker's rebalance ran.)
@@ -162,9 +194,7 @@ def test_released_partitions_are_taken_at_once_not_at_the_next_tick(
                 20,
             )
             ticks = new.assignment.ticks
-
-            old.shutdown_signal.request("test")
-            assert await asyncio.wait_for(old_task, 20) == 0
+            await h.stop_old()
             took = await deadline_poll(
                 "new worker takes the released partitions",
                 lambda: new.assignment.owned == set(range(PARTITIONS)),
@@ -173,12 +203,6 @@ def test_released_partitions_are_taken_at_once_not_at_the_next_tick(
             assert new.assignment.ticks > ticks
             assert new.assignment.live_workers == 1
             return took
-        finally:
-            old.shutdown_signal.request("test")
-            new.shutdown_signal.request("test")
-            await asyncio.wait_for(old_task, 20)
-            if new_task is not None:
-                await asyncio.wait_for(new_task, 20)
 
     took = asyncio.run(main())
     assert took < 5  # the periodic tick is 15 s away
@@ -198,27 +222,11 @@ def test_a_worker_reads_the_partitions_it_takes_over_at_once(
     body = upsert(samples["messages-upsert-text"], message_id="after-hand-over")
 
     async def main() -> float:
-        old = Worker(settings(redis_server, db_dsn, stream, "w-old"), "test")
-        old_task = asyncio.create_task(old.serve())
-        new = Worker(idle, "test")
-        new_task: asyncio.Task[int] | None = None
-        try:
-            await deadline_poll(
-                "old worker owns every partition",
-                lambda: hasattr(old, "assignment") and len(old.assignment.owned) == PARTITIONS,
-                20,
-            )
-            new_task = asyncio.create_task(new.serve())
-            await deadline_poll(
-                "new worker ready, owning nothing",
-                lambda: hasattr(new, "assignment") and new.assignment.ready(),
-                20,
-            )
-            old.shutdown_signal.request("test")
-            assert await asyncio.wait_for(old_task, 20) == 0
+        async with handing_over(settings(redis_server, db_dsn, stream, "w-old"), idle) as h:
+            await h.stop_old()
             await deadline_poll(
                 "new worker takes the released partitions",
-                lambda: new.assignment.owned == set(range(PARTITIONS)),
+                lambda: h.new.assignment.owned == set(range(PARTITIONS)),
                 5,
             )
             partition, fields = stream_entry(body, PARTITIONS, idle.keyring())
@@ -228,12 +236,6 @@ def test_a_worker_reads_the_partitions_it_takes_over_at_once(
                 lambda: stored(db_dsn, "after-hand-over"),
                 9,
             )
-        finally:
-            old.shutdown_signal.request("test")
-            new.shutdown_signal.request("test")
-            await asyncio.wait_for(old_task, 20)
-            if new_task is not None:
-                await asyncio.wait_for(new_task, 20)
 
     took = asyncio.run(main())
     assert took < 3, f"stored {took:.1f}s after the hand-over: the reader waited out its idle read"
