@@ -15,8 +15,8 @@ from opentelemetry import metrics, trace
 from opentelemetry._logs import set_logger_provider
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, ObservableCounter
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -64,7 +64,13 @@ def install() -> InMemoryTelemetry:
         tracer_provider = TracerProvider(shutdown_on_exit=False)
         tracer_provider.add_span_processor(SimpleSpanProcessor(AllowListSpanExporter(spans)))
         trace.set_tracer_provider(tracer_provider)
-        reader = InMemoryMetricReader()
+        # Delta, so that :meth:`clear` starts each test's counts at zero (a
+        # cumulative reader carried an earlier test's worker's outcomes over).
+        reader = InMemoryMetricReader(
+            preferred_temporality=dict.fromkeys(
+                (Counter, Histogram, ObservableCounter), AggregationTemporality.DELTA
+            )
+        )
         metrics.set_meter_provider(MeterProvider(metric_readers=[reader], shutdown_on_exit=False))
         logs = InMemoryLogRecordExporter()
         logger_provider = LoggerProvider(shutdown_on_exit=False)

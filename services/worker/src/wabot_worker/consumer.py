@@ -80,6 +80,11 @@ class Consumer:
         # Partitions were taken over: a reader with none to read looks at once
         # (a rolling deploy's hand-over), not after its idle wait.
         self.gained = asyncio.Event()
+        # Partitions of the XREADGROUP in flight: not released until it returns,
+        # or what it delivers after the next owner claimed would stay pending
+        # under this consumer with nobody to claim it (found once releases woke
+        # the next owner at once).
+        self.reading: frozenset[int] = frozenset()
         self.last_iteration = time.monotonic()
         self._claim_cursors: dict[int, str] = {}
         self._held: set[tuple[int, str]] = set()
@@ -140,12 +145,16 @@ class Consumer:
                     self.gained.clear()
                     await _wait(self.gained, block_s)
                     continue
-                entries = await self.queue.read_new(
-                    self.consumer,
-                    readable,
-                    min(room, self.settings.batch_size),
-                    self.settings.block_ms,
-                )
+                self.reading = frozenset(readable)
+                try:
+                    entries = await self.queue.read_new(
+                        self.consumer,
+                        readable,
+                        min(room, self.settings.batch_size),
+                        self.settings.block_ms,
+                    )
+                finally:
+                    self.reading = frozenset()
             except Exception as exc:
                 failure = classify(exc)
                 delay = self.backoff.next()

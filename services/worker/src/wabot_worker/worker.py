@@ -312,7 +312,11 @@ class Worker:
             lost, gained = await self.assignment.tick()
             for partition in lost:
                 consumer.drop_partition(partition)
-            done = {p for p in self.assignment.releasing if consumer.scheduler.busy_in(p) == 0}
+            done = {
+                p
+                for p in self.assignment.releasing
+                if consumer.scheduler.busy_in(p) == 0 and p not in consumer.reading
+            }
             for partition in done:
                 consumer.drop_partition(partition)
             await self.assignment.release(done)
