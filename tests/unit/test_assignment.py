@@ -40,7 +40,7 @@ async def deadline_poll(what: str, done: Any, timeout: float) -> float:
     started = loop.time()
     while not done():
         assert loop.time() - started < timeout, f"{what}: not within {timeout}s"
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # polling interval of a deadline-bounded poll
     return loop.time() - started
 
 
@@ -96,6 +96,8 @@ def test_a_departing_worker_drops_its_lease_before_its_partitions(
                 seen_live.append(sorted(await leases.live_workers()))
                 return await real_release(partitions, token)
 
+            # A probe around the real call (not a mock): it records who is live at
+            # the moment partitions are released; mypy forbids assigning methods.
             leases.release_partitions = release_partitions  # type: ignore[method-assign]
             await leaving.release_all()
             assert seen_live == [["w-2"]], "partitions were released while still counted"

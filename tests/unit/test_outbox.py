@@ -96,7 +96,7 @@ def test_a_reply_sent_during_a_heads_query_is_not_sent_again(
             sender.gate = None
             while len(evolution_stub.accepted) < 2 and loop.time() < deadline:
                 await sender._round()
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # polling interval; the loop is deadline-bounded
             await asyncio.gather(*sender._tasks)
         finally:
             await evolution.close()

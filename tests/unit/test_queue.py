@@ -107,7 +107,7 @@ def test_trim_removes_only_acknowledged_entries(redis_server: RedisServer) -> No
         for _ in range(1000):
             if int(time.time() * 1000) > newest:
                 break
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # polling the clock, at most 1,000 times
         assert await q.trim(keep_ms=0) == 2
         stats = await q.stats()
         assert (stats.length, stats.pending, stats.lag) == (4, 1, 3)
